@@ -1,0 +1,27 @@
+"""The `nvila` command line: each area of the library registers its own sub-commands here."""
+
+from __future__ import annotations
+
+import typer
+
+from nvila_model.data import cli as data_cli
+from nvila_model.deltaloss import cli as deltaloss_cli
+from nvila_model.quant import cli as quant_cli
+from nvila_model.train import cli as train_cli
+
+app = typer.Typer(help="NVILA pipeline: data, DeltaLoss pruning, five-stage training, fine-tuning, deployment.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+for module in (data_cli, train_cli, deltaloss_cli, quant_cli):
+    module.register(app)
+
+try:  # the orchestration commands (`nvila pipeline ...`, `nvila ui`) live with the flows
+    from flows import commands as flow_commands
+except ImportError as exc:  # pragma: no cover - only while flows/commands.py is absent
+    if exc.name != "flows.commands":
+        raise
+else:
+    flow_commands.register(app)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""deltaloss package of nvila_model."""

@@ -1,0 +1,61 @@
+"""Stage output manifests: what a directory is, the config that made it, input hashes and git revision."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+
+def git_revision(cwd: str | Path | None = None) -> str:
+    """The current git commit (with '-dirty' when the tree has changes), or 'unknown' outside git."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def hash_path(path: str | Path) -> str:
+    """sha256 of a file, or of a directory's files (names and contents, sorted); 'missing' if absent."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        return "missing"
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_stage_manifest(
+    out_dir: str | Path, stage: str, config: dict[str, Any], inputs: dict[str, str | Path] | None = None, **extra: Any
+) -> Path:
+    """Write `out_dir/manifest.json` describing a finished stage output."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "stage": stage,
+        "config": config,
+        "inputs": {name: {"path": str(p), "sha256": hash_path(p)} for name, p in (inputs or {}).items()},
+        "git_revision": git_revision(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    path = out_dir / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+    return path

@@ -1,0 +1,1 @@
+"""quant package of nvila_model."""

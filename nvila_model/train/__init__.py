@@ -1,0 +1,1 @@
+"""train package of nvila_model."""

@@ -1,0 +1,1 @@
+"""Prefect tasks wrapping nvila_model stage functions, with MLflow tracking."""
