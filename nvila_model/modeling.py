@@ -1,0 +1,185 @@
+"""NVILAForConditionalGeneration: SigLIP tower -> STC projector -> Qwen2, with media tokens spliced into the text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    GenerationMixin,
+    PreTrainedModel,
+    Qwen2ForCausalLM,
+    SiglipVisionModel,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from nvila_model.config import NVILAConfig
+from nvila_model.dynamic_s2 import merge_scales, num_tiles, stitch
+from nvila_model.projector import Projector
+from nvila_model.video import temporal_pool
+
+# media_layout kinds (see ARCHITECTURE.md)
+KIND_S2_IMAGE, KIND_TILE_IMAGE, KIND_VIDEO = 0, 1, 2
+
+
+def tiles_of(layout_row: list[int], config: NVILAConfig) -> int:
+    """How many tiles of `pixel_values` one media_layout row (kind, rows, cols, frames) owns."""
+    kind, rows, cols, frames = layout_row
+    if kind == KIND_S2_IMAGE:
+        return num_tiles(config.s2_scales, config.tile_size, cols, rows)
+    if kind == KIND_TILE_IMAGE:
+        return 1
+    if kind == KIND_VIDEO:
+        return frames
+    raise ValueError(f"unknown media kind {kind} in media_layout")
+
+
+class NVILAPreTrainedModel(PreTrainedModel):
+    config_class = NVILAConfig
+    config: NVILAConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+
+
+class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
+    """Vision tower features (select layer) -> Dynamic-S2 merge -> STC projector -> tokens replacing media markers."""
+
+    def __init__(self, config: NVILAConfig):
+        config.validate()
+        super().__init__(config)
+        self.vision_tower = SiglipVisionModel(config.vision_config)
+        self.projector = Projector(config.projector, config.projector_in_channels, config.text_config.hidden_size)
+        self.language_model = Qwen2ForCausalLM(config.text_config)
+        self.post_init()
+        # greedy decoding stops at <|im_end|>; ids come from the LLM config (set by the presets / tokenizer)
+        self.generation_config.eos_token_id = config.text_config.eos_token_id
+        self.generation_config.pad_token_id = config.text_config.pad_token_id
+        # media placeholders are inputs only: never generate them
+        self.generation_config.suppress_tokens = [config.image_token_id, config.video_token_id]
+
+    @classmethod
+    def from_components(cls, config: NVILAConfig, vision_path: str | Path | None = None,
+                        llm_path: str | Path | None = None) -> NVILAForConditionalGeneration:
+        """Build from `config`, loading the vision tower and/or LLM from local pretrained directories."""
+        model = cls(config)
+        if vision_path is not None:
+            model.vision_tower = SiglipVisionModel.from_pretrained(vision_path)
+            model.config.vision_config = model.vision_tower.config
+        if llm_path is not None:
+            model.language_model = Qwen2ForCausalLM.from_pretrained(llm_path)
+            model.config.text_config = model.language_model.config
+        model.config.validate()
+        return model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    # Vision -------------------------------------------------------------------------------------------------
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tiles [N, 3, T, T] -> patch features [N, h, w, C] from the configured layer (SigLIP has no CLS)."""
+        dtype = self.vision_tower.dtype
+        out = self.vision_tower(pixel_values=pixel_values.to(dtype), output_hidden_states=True)
+        x_NPC = out.hidden_states[self.config.vision_select_layer]
+        side = self.config.patches_per_side
+        return x_NPC.reshape(x_NPC.shape[0], side, side, x_NPC.shape[-1])
+
+    def encode_media(self, pixel_values: torch.Tensor, media_layout: torch.Tensor) -> list[torch.Tensor]:
+        """Projected tokens for each media item, in order: a list of [num_tokens_i, D]."""
+        cfg = self.config
+        feats_NhwC = self.vision_features(pixel_values)
+        outputs, start = [], 0
+        for row in media_layout.tolist():
+            kind, rows, cols, _frames = row
+            count = tiles_of(row, cfg)
+            tiles_NhwC = feats_NhwC[start:start + count]
+            start += count
+            if kind == KIND_S2_IMAGE:
+                tiles_NhwC = merge_scales(tiles_NhwC, cfg.s2_scales, cfg.tile_size, cols, rows)
+            elif cfg.num_scales > 1:
+                # One-tile image or video frame under an S2 projector: every scale is this one tile, so the merged
+                # feature repeats the single map per scale (what S2 gives when all scales equal the tile).
+                tiles_NhwC = tiles_NhwC.repeat(1, 1, 1, cfg.num_scales)
+            proj_NhwD = self.projector(tiles_NhwC)
+            if kind == KIND_S2_IMAGE:
+                outputs.append(stitch(proj_NhwD, rows, cols).flatten(0, 1))
+            elif kind == KIND_VIDEO:
+                pooled_GTD = temporal_pool(proj_NhwD.flatten(1, 2), cfg.video_pool_size)
+                outputs.append(pooled_GTD.flatten(0, 1))
+            else:
+                outputs.append(proj_NhwD.flatten(0, 2))
+        if start != feats_NhwC.shape[0]:
+            raise ValueError(f"media_layout accounts for {start} tiles but pixel_values holds {feats_NhwC.shape[0]}")
+        return outputs
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+              media_layout: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with every media placeholder replaced by its projected visual token."""
+        cfg = self.config
+        media_mask_BL = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)
+        embeds_BLD = self.get_input_embeddings()(input_ids.masked_fill(media_mask_BL, 0))
+        num_slots = int(media_mask_BL.sum())
+        if pixel_values is None or media_layout is None or media_layout.numel() == 0:
+            if num_slots:
+                raise ValueError(f"input has {num_slots} media placeholder tokens but no pixel_values/media_layout")
+            return embeds_BLD
+        feats_ND = torch.cat(self.encode_media(pixel_values, media_layout), dim=0)
+        if feats_ND.shape[0] != num_slots:
+            raise ValueError(f"media gives {feats_ND.shape[0]} visual tokens but the text has {num_slots} "
+                             "placeholders: the media markers and the media do not match")
+        return embeds_BLD.masked_scatter(media_mask_BL.unsqueeze(-1), feats_ND.to(embeds_BLD.dtype))
+
+    # Language -----------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        media_layout: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Causal LM forward. Packed rows: `position_ids` restarting per sample and `attention_mask=None` give
+        block-diagonal causal attention (transformers detects the packing from the position ids)."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, pixel_values, media_layout)
+        if use_cache is None and (labels is not None or self.training):
+            use_cache = False  # a training forward needs no cache, and packed-sequence masking requires none
+        return self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def prepare_inputs_for_generation(self, input_ids, is_first_iteration: bool | None = False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration,
+                                                             **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            # after prefill the visual tokens live in the KV cache
+            model_inputs.pop("pixel_values", None)
+            model_inputs.pop("media_layout", None)
+        return model_inputs
+
+
+AutoConfig.register("nvila", NVILAConfig, exist_ok=True)
+AutoModelForImageTextToText.register(NVILAConfig, NVILAForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(NVILAConfig, NVILAForConditionalGeneration, exist_ok=True)

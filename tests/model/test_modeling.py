@@ -1,0 +1,142 @@
+"""The NVILA model: token counts, save/load, Auto classes, generation with the KV cache, learning, presets."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, Qwen2ForCausalLM, SiglipVisionModel
+
+from nvila_model.modeling import NVILAForConditionalGeneration
+from nvila_model.presets import PRESETS, build_config
+
+
+def _sample(processor, size=(90, 40)):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    return processor.encode([{"from": "human", "value": "<image>\nWhat colour is the square?"},
+                             {"from": "gpt", "value": "red"}], images=[img])
+
+
+@pytest.mark.parametrize("size", [(150, 40), (40, 150), (64, 64), (1, 1), (33, 97)])
+def test_s2_token_count_matches_model(processor, tiny_model, size):
+    feats = _sample(processor, size)
+    media = tiny_model.encode_media(feats["pixel_values"], feats["media_layout"])
+    assert media[0].shape[0] == processor.num_image_tokens(*size)
+    cols, rows = processor.image_grid(*size)
+    assert processor.num_image_tokens(*size) == cols * rows * 16  # tiny: 8x8 patches -> 4x4 tokens per tile
+    assert int((feats["input_ids"] == tiny_model.config.image_token_id).sum()) == media[0].shape[0]
+
+
+@pytest.mark.parametrize("projector,per_tile", [("none", 64), ("mlp_downsample", 16), ("mlp_downsample_3x3_fix", 9)])
+def test_token_counts_per_projector(tokenizer, projector, per_tile):
+    from nvila_model.processor import NVILAProcessor
+
+    config = build_config("tiny", projector=projector, dynamic_s2=False)
+    model = NVILAForConditionalGeneration(config).eval()
+    feats = NVILAProcessor(tokenizer, config).encode([{"from": "human", "value": "<image>\nhi"},
+                                                      {"from": "gpt", "value": "red"}], images=[Image.new("RGB", (50, 20))])
+    assert model.encode_media(feats["pixel_values"], feats["media_layout"])[0].shape == (per_tile, 128)
+    assert model(**{k: v.unsqueeze(0) if k in ("input_ids", "labels") else v for k, v in feats.items()}).loss.isfinite()
+
+
+def test_video_tokens_pooled_and_newline_after_each_group(processor, tiny_model):
+    frames = np.random.default_rng(1).integers(0, 255, (8, 20, 30, 3), dtype=np.uint8)
+    feats = processor.encode([{"from": "human", "value": "<video>\nWhich way?"}, {"from": "gpt", "value": "left"}],
+                             video=frames)
+    tokens = tiny_model.encode_media(feats["pixel_values"], feats["media_layout"])[0]
+    assert tokens.shape[0] == 8 // 2 * 16 == processor.num_video_tokens(8)
+    ids = feats["input_ids"].tolist()
+    first = ids.index(tiny_model.config.video_token_id)
+    assert ids[first + 16] == processor.newline_id and ids[first + 17] == tiny_model.config.video_token_id
+
+
+def test_save_load_reproduces_logits_and_auto_class(tmp_path, processor, tiny_model):
+    batch = processor.pad([_sample(processor)])
+    tiny_model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, NVILAForConditionalGeneration)
+    with torch.no_grad():
+        assert torch.equal(tiny_model(**batch).logits, loaded(**batch).logits)
+    from nvila_model.processor import NVILAProcessor
+
+    again = NVILAProcessor.from_pretrained(tmp_path).encode([{"from": "human", "value": "<image>\nWhat colour is the square?"},
+                                                             {"from": "gpt", "value": "red"}], images=[Image.new("RGB", (90, 40))])
+    assert torch.equal(again["input_ids"], _sample(processor)["input_ids"])
+
+
+def test_from_components_loads_local_pretrained_parts(tmp_path, tiny_config):
+    torch.manual_seed(1)
+    SiglipVisionModel(tiny_config.vision_config).save_pretrained(tmp_path / "vision")
+    Qwen2ForCausalLM(tiny_config.text_config).save_pretrained(tmp_path / "llm")
+    model = NVILAForConditionalGeneration.from_components(tiny_config, tmp_path / "vision", tmp_path / "llm")
+    ref = SiglipVisionModel.from_pretrained(tmp_path / "vision")
+    assert torch.equal(model.vision_tower.embeddings.patch_embedding.weight,
+                       ref.embeddings.patch_embedding.weight)
+
+
+def test_cached_and_uncached_greedy_generation_agree(processor, tiny_model):
+    prompts = [processor.encode_prompt("<image>\nWhat colour is the square?", images=[Image.new("RGB", (70, 30), "red")]),
+               processor.encode_prompt("How many circles are there?")]
+    batch = processor.pad(prompts, padding_side="left")
+    cached = tiny_model.generate(**batch, max_new_tokens=8, do_sample=False)
+    uncached = tiny_model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_loss_falls_when_overfitting_one_batch(processor, tiny_model):
+    batch = processor.pad([_sample(processor), processor.encode([{"from": "human", "value": "How many?"},
+                                                                 {"from": "gpt", "value": "3"}])])
+    tiny_model.train()
+    opt = torch.optim.AdamW(tiny_model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = tiny_model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_media_marker_mismatch_is_a_clear_error(processor, tiny_model):
+    with pytest.raises(ValueError, match="2 <image> and 0 <video> markers but 1 images"):
+        processor.encode([{"from": "human", "value": "<image><image>\nSame?"}, {"from": "gpt", "value": "yes"}],
+                         images=[Image.new("RGB", (8, 8))])
+    feats = _sample(processor)
+    with pytest.raises(ValueError, match="placeholders"):
+        tiny_model(input_ids=feats["input_ids"][None, :-20], pixel_values=feats["pixel_values"],
+                   media_layout=feats["media_layout"])
+
+
+def test_presets_load_and_tiny_is_small():
+    assert set(PRESETS) == {"tiny", "small", "nvila-8b", "nvila-lite-8b"}
+    for name in ("tiny", "small"):
+        model = NVILAForConditionalGeneration(build_config(name))
+        assert sum(p.numel() for p in model.parameters()) < (5e6 if name == "tiny" else 2e7)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        build_config("huge")
+    with pytest.raises(ValueError, match="unknown model override"):
+        build_config("tiny", not_a_field=1)
+
+
+@pytest.mark.parametrize("name,projector_params", [("nvila-8b", 62.4e6), ("nvila-lite-8b", 372.6e6)])
+def test_paper_presets_on_meta_device(name, projector_params):
+    config = build_config(name)
+    with torch.device("meta"):
+        model = NVILAForConditionalGeneration(config)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 4.0e8 < count(model.vision_tower) < 4.3e8        # SigLIP so400m without its pooling head
+    assert 7.5e9 < count(model.language_model) < 7.7e9      # Qwen2.5-7B
+    assert count(model.projector) == pytest.approx(projector_params, rel=1e-3)
+    assert config.projector_in_channels == 3 * 1152
+    # an 800x2000 image: the 2x5 grid of 448 tiles gives 10 * tokens_per_tile tokens
+    assert config.tokens_per_tile * 10 == (2560 if name == "nvila-8b" else 1210)
+
+
+def test_config_validation_errors():
+    with pytest.raises(ValueError, match="not divisible by video_pool_size"):
+        build_config("tiny", num_video_frames=6, video_pool_size=4)
+    with pytest.raises(ValueError, match="heads"):
+        build_config("tiny", **{"vision.num_attention_heads": 5})
+    with pytest.raises(ValueError, match="s2_scales"):
+        build_config("tiny", s2_scales=[32, 48])
