@@ -90,11 +90,28 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         return self.language_model.get_output_embeddings()
 
     # Vision -------------------------------------------------------------------------------------------------
+    @property
+    def vision_layers_used(self) -> int:
+        """Encoder layers up to the feature layer (select -2 of 27 -> 26); later layers are never run."""
+        select, total = self.config.vision_select_layer, self.config.vision_config.num_hidden_layers
+        return total + 1 + select if select < 0 else select
+
+    def unused_vision_parameters(self) -> list[str]:
+        """Names of vision-tower parameters the features never depend on (layers past the feature layer, the
+        post-LayerNorm and pooling head): kept so pretrained SigLIP checkpoints load unchanged, never trained."""
+        used = self.vision_layers_used
+        return [f"vision_tower.{n}" for n, _ in self.vision_tower.named_parameters()
+                if not n.startswith(("embeddings.", *(f"encoder.layers.{i}." for i in range(used))))]
+
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Tiles [N, 3, T, T] -> patch features [N, h, w, C] from the configured layer (SigLIP has no CLS)."""
-        dtype = self.vision_tower.dtype
-        out = self.vision_tower(pixel_values=pixel_values.to(dtype), output_hidden_states=True)
-        x_NPC = out.hidden_states[self.config.vision_select_layer]
+        """Tiles [N, 3, T, T] -> patch features [N, h, w, C] from the configured layer (SigLIP has no CLS).
+
+        Runs the embeddings and only the encoder layers the feature layer needs, instead of the whole tower.
+        """
+        tower = self.vision_tower
+        x_NPC = tower.embeddings(pixel_values.to(tower.dtype))
+        for layer in tower.encoder.layers[: self.vision_layers_used]:
+            x_NPC = layer(x_NPC, None)
         side = self.config.patches_per_side
         return x_NPC.reshape(x_NPC.shape[0], side, side, x_NPC.shape[-1])
 

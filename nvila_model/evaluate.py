@@ -1,0 +1,181 @@
+"""Evaluation: greedy-generation exact-match accuracy per subset beside chance, plus efficiency figures."""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nvila_model.data.loader import LlavaDataset
+from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
+from nvila_model.manifest import write_stage_manifest
+from nvila_model.params import load_config
+
+NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+
+
+@dataclass
+class EvalConfig:
+    """`params.yaml:eval`: which checkpoint, which test data, where to write."""
+
+    checkpoint: str = "runs/video_sft"
+    datasets: list[str] = field(default_factory=lambda: ["synth-all"])
+    split: str = "test"
+    out_dir: str = "runs/eval"
+    batch_size: int = 16
+    max_new_tokens: int = 8
+    limit_per_subset: int | None = None
+    subsets_file: str | None = "data/raw/synth/subsets.json"   # chance level per subset (the generator writes it)
+    efficiency_samples: int = 4
+    decode_tokens: int = 16
+    params_file: str = "params.yaml"                            # where the `datasets` registry is read from
+
+
+def normalise(text: str) -> str:
+    """Lower-case, drop punctuation and articles, spell numbers as digits."""
+    words = re.sub(r"[^a-z0-9 ]", " ", text.lower()).split()
+    return " ".join(NUMBER_WORDS.get(w, w) for w in words if w not in ("a", "an", "the"))
+
+
+def exact_match(prediction: str, answer: str) -> bool:
+    return normalise(prediction) == normalise(answer)
+
+
+def score_predictions(rows: list[dict[str, Any]], chance: dict[str, float] | None = None) -> dict[str, float]:
+    """Flat metrics from rows with `subset`, `prediction`, `answer`: acc_<subset>, chance_<subset>, acc_mean."""
+    by_subset: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:
+        by_subset[row["subset"]].append(exact_match(row["prediction"], row["answer"]))
+    metrics: dict[str, float] = {}
+    for subset in sorted(by_subset):
+        metrics[f"acc_{subset}"] = sum(by_subset[subset]) / len(by_subset[subset])
+        if chance and subset in chance:
+            metrics[f"chance_{subset}"] = float(chance[subset])
+    accs = [metrics[f"acc_{s}"] for s in by_subset]
+    metrics["acc_mean"] = sum(accs) / len(accs) if accs else 0.0
+    if chance and all(s in chance for s in by_subset):
+        metrics["chance_mean"] = sum(chance[s] for s in by_subset) / len(by_subset)
+    metrics["num_samples"] = float(len(rows))
+    return metrics
+
+
+def load_model(checkpoint: str | Path):
+    """Any NVILA model directory: a training stage, a fine-tune, or a quantized export."""
+    from nvila_model.modeling import NVILAForConditionalGeneration
+    from nvila_model.processor import NVILAProcessor
+
+    path = Path(checkpoint)
+    if (path / "quantization.json").is_file() or (path / "meta.json").is_file() and \
+            json.loads((path / "meta.json").read_text()).get("kind") == "quantized":
+        from nvila_model.quant.loading import load_quantized
+
+        model = load_quantized(path)
+    else:
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path}: not a model directory (no config.json)")
+        model = NVILAForConditionalGeneration.from_pretrained(path)
+    return model.eval(), NVILAProcessor.from_pretrained(path)
+
+
+def test_samples(cfg: EvalConfig) -> list[dict[str, Any]]:
+    registry = DatasetRegistry(load_config("datasets", DatasetsConfig, cfg.params_file))
+    records, seen = [], defaultdict(int)
+    for name in cfg.datasets:
+        for record in registry.records(name, cfg.split):
+            subset = record.get("subset", name)
+            if cfg.limit_per_subset is None or seen[subset] < cfg.limit_per_subset:
+                seen[subset] += 1
+                records.append(record)
+    if not records:
+        raise ValueError(f"eval: datasets {cfg.datasets} have no {cfg.split} records")
+    return records
+
+
+@torch.no_grad()
+def predict(model, processor, records: list[dict[str, Any]], batch_size: int, max_new_tokens: int):
+    """Greedy answers to the last question of each record; yields prediction rows."""
+    raw = LlavaDataset(records, None, processor=None, num_video_frames=processor.config.num_video_frames)
+    rows = []
+    for start in range(0, len(records), batch_size):
+        prompts, metas = [], []
+        for i in range(start, min(start + batch_size, len(records))):
+            sample = raw[i]
+            if sample is None:
+                continue
+            conv = sample["conversations"]
+            prompt = processor.encode(conv[:-1], sample["images"] or None, sample["video"], add_generation_prompt=True)
+            prompts.append(prompt)
+            metas.append({"id": sample["id"], "subset": records[i].get("subset", "all"), "answer": conv[-1]["value"],
+                          "question": conv[-2]["value"], "visual_tokens": _visual_tokens(prompt, processor)})
+        if not prompts:
+            continue
+        batch = processor.pad(prompts, padding_side="left")
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        for meta, ids in zip(metas, out[:, batch["input_ids"].shape[1]:], strict=True):
+            meta["prediction"] = processor.decode(ids)
+            meta["correct"] = exact_match(meta["prediction"], meta["answer"])
+            rows.append(meta)
+    return rows, raw.failures
+
+
+def _visual_tokens(prompt: dict[str, torch.Tensor], processor) -> int:
+    ids = prompt["input_ids"]
+    return int(((ids == processor.config.image_token_id) | (ids == processor.config.video_token_id)).sum())
+
+
+@torch.no_grad()
+def efficiency(model, processor, records: list[dict[str, Any]], samples: int, decode_tokens: int) -> dict[str, float]:
+    """Prefill latency and decode tokens/s at batch 1 over the first `samples` records (after one warm-up)."""
+    raw = LlavaDataset(records[: samples + 1], None, processor=None,
+                       num_video_frames=processor.config.num_video_frames)
+    prefill, decode = [], []
+    for i in range(len(raw)):
+        sample = raw[i]
+        if sample is None:
+            continue
+        prompt = processor.pad([processor.encode(sample["conversations"][:-1], sample["images"] or None,
+                                                 sample["video"], add_generation_prompt=True)])
+        t0 = time.perf_counter()
+        model(**prompt, use_cache=True)
+        t1 = time.perf_counter()
+        model.generate(**prompt, max_new_tokens=decode_tokens, min_new_tokens=decode_tokens, do_sample=False)
+        t2 = time.perf_counter()
+        if i:  # the first sample only warms up
+            prefill.append(t1 - t0)
+            decode.append((decode_tokens - 1) / max(1e-9, (t2 - t1) - (t1 - t0)))
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"prefill_ms": 1000 * sum(prefill) / max(1, len(prefill)),
+            "decode_tokens_per_s": sum(decode) / max(1, len(decode)), "peak_memory_mb": peak / 2**20}
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, float]:
+    """Write `metrics.json` (flat) and `predictions.jsonl` to `cfg.out_dir`; returns the metrics."""
+    model, processor = load_model(cfg.checkpoint)
+    records = test_samples(cfg)
+    chance = None
+    if cfg.subsets_file and Path(cfg.subsets_file).is_file():
+        chance = {row["name"]: row["chance"] for row in json.loads(Path(cfg.subsets_file).read_text())}
+    started = time.perf_counter()
+    rows, failures = predict(model, processor, records, cfg.batch_size, cfg.max_new_tokens)
+    metrics = score_predictions(rows, chance)
+    metrics["eval_seconds"] = time.perf_counter() - started
+    metrics["visual_tokens_per_sample"] = sum(r["visual_tokens"] for r in rows) / max(1, len(rows))
+    metrics["failed_samples"] = float(len(failures))
+    metrics |= efficiency(model, processor, records, cfg.efficiency_samples, cfg.decode_tokens)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=2))
+    with open(out / "predictions.jsonl", "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    write_stage_manifest(out, "eval", asdict(cfg), inputs={"checkpoint": Path(cfg.checkpoint) / "model.safetensors"})
+    return metrics

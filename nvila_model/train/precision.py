@@ -1,0 +1,67 @@
+"""Precision paths: fp32, bf16 autocast where the hardware has it, and FP8 for the LLM's linear layers.
+
+FP8 is a converter applied after the model is built (model code stays precision-agnostic): torchao's float8 training
+swaps the LLM's q/k/v/o/gate/up/down Linears for Float8Linear (E4M3 forward, E5M2 gradients, per-tensor scales);
+the vision tower, projector and lm_head stay in bf16. On CPU torchao's emulation runs so tests cover the path.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+FP8_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def bf16_supported() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def fp8_hardware() -> str:
+    """'gpu' for an FP8-capable GPU (sm_89+), 'cpu-emulated' without a GPU; refuses a GPU without FP8."""
+    if not torch.cuda.is_available():
+        return "cpu-emulated"
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 9):
+        raise ValueError(f"precision fp8 needs an FP8 GPU (Ada sm_89, Hopper sm_90 or Blackwell); "
+                         f"{torch.cuda.get_device_name()} is sm_{major}{minor}. Use precision bf16.")
+    return "gpu"
+
+
+def resolve_precision(requested: str) -> str:
+    """The path a run takes: 'fp32', 'bf16', 'fp8-gpu' or 'fp8-cpu-emulated' (never a silent fallback)."""
+    if requested == "auto":
+        return "bf16" if bf16_supported() else "fp32"
+    if requested == "bf16" and not bf16_supported():
+        raise ValueError("precision bf16 requested but this hardware has no bf16 support; use fp32")
+    if requested == "fp8":
+        return f"fp8-{fp8_hardware()}"
+    return requested
+
+
+def is_fp8_target(module: nn.Module, fqn: str) -> bool:
+    """Only the LLM decoder's projection Linears (not lm_head, vision tower or projector)."""
+    return (isinstance(module, nn.Linear) and fqn.startswith("language_model.")
+            and fqn.rsplit(".", 1)[-1] in FP8_LAYERS)
+
+
+def convert_fp8(model: nn.Module, path: str) -> list[str]:
+    """Swap the targeted Linears for torchao Float8Linear in place; returns the converted module names."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    targets = [name for name, mod in model.named_modules() if is_fp8_target(mod, name)]
+    for name in targets:
+        linear = model.get_submodule(name)
+        if linear.in_features % 16 or linear.out_features % 16:
+            raise ValueError(f"FP8 needs Linear sizes divisible by 16; {name} is "
+                             f"{linear.in_features}x{linear.out_features}")
+    config = Float8LinearConfig(emulate=path == "fp8-cpu-emulated")
+    convert_to_float8_training(model, module_filter_fn=is_fp8_target, config=config)
+    log.info("FP8 (%s): converted %d LLM linear layers", path, len(targets))
+    return targets
