@@ -95,7 +95,7 @@ def training_arguments(cfg: StageConfig, out: Path, bf16: bool) -> TrainingArgum
         max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=1, bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
         dataloader_num_workers=cfg.num_workers, report_to="none", remove_unused_columns=False,
-        gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed if use_deepspeed else None,
+        activation_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed if use_deepspeed else None,
         use_cpu=not torch.cuda.is_available(), save_only_model=False, disable_tqdm=False,
     )
 
@@ -105,17 +105,19 @@ def config_fingerprint(stage: str, cfg: StageConfig, model_params: ModelParams) 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def resume_point(out: Path, fingerprint: str, resume: bool) -> str | None:
-    """The last checkpoint of an interrupted run of this same config, else None (and stale state is cleared)."""
+def resume_point(out: Path, fingerprint: str, resume: bool, is_main: bool = True) -> str | None:
+    """The last checkpoint of an interrupted run of this same config, else None. The main process clears stale
+    state and stamps the directory; the others (distributed runs) only read it afterwards."""
     ckpts, stamp = out / "checkpoints", out / "checkpoints" / "fingerprint"
     if resume and ckpts.is_dir() and stamp.is_file() and stamp.read_text() == fingerprint:
         last = get_last_checkpoint(str(ckpts))
-        if last and not (out / "meta.json").is_file():
+        if last and (not (out / "meta.json").is_file() or not is_main):
             return last
-    if out.exists():
-        shutil.rmtree(out)
-    ckpts.mkdir(parents=True)
-    stamp.write_text(fingerprint)
+    if is_main:
+        if out.exists():
+            shutil.rmtree(out)
+        ckpts.mkdir(parents=True)
+        stamp.write_text(fingerprint)
     return None
 
 
@@ -128,18 +130,19 @@ def run_stage(stage: str, cfg: StageConfig, model_params: ModelParams, datasets:
     tracker = tracker or NullTracker()
     out = Path(cfg.out_dir)
     fingerprint = config_fingerprint(stage, cfg, model_params)
-    resume_from = resume_point(out, fingerprint, cfg.resume)
+    precision = resolve_precision(cfg.precision)
+    use_bf16 = precision == "bf16" or (precision.startswith("fp8") and bf16_supported())
+    args = training_arguments(cfg, out, use_bf16)  # sets up torch.distributed under torchrun / deepspeed
+    with args.main_process_first(desc="stage directory"):
+        resume_from = resume_point(out, fingerprint, cfg.resume, is_main=args.process_index == 0)
     set_seed(cfg.seed)
     model, processor = build_model(cfg, model_params)
     trainable = freeze_except(model, cfg.train_modules)
-    precision = resolve_precision(cfg.precision)
     fp8_layers = convert_fp8(model, precision) if precision.startswith("fp8") else []
-    use_bf16 = precision == "bf16" or (precision.startswith("fp8") and bf16_supported())
     records, inputs = train_records(cfg, datasets)
     dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length)
     pad_id = processor.pad_id
     collator = PackingCollator(pad_id, cfg.pack_tokens or cfg.max_length) if cfg.packing else PaddingCollator(pad_id)
-    args = training_arguments(cfg, out, use_bf16)
     callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
     trainer = NVILATrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                            module_lrs=cfg.lr, callbacks=[callback])
@@ -152,6 +155,8 @@ def run_stage(stage: str, cfg: StageConfig, model_params: ModelParams, datasets:
     result = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.perf_counter() - started
     trainer.save_model(str(out))
+    if not trainer.is_world_process_zero():
+        return out
     processor.save_pretrained(out)
     run |= {"train_seconds": round(elapsed, 2), "global_steps": trainer.state.global_step,
             "final_loss": result.training_loss, "samples_per_s": round(result.metrics.get("train_samples_per_second",

@@ -1,0 +1,44 @@
+"""Evaluation scoring: normalisation, exact match, per-subset accuracy beside chance, and a real eval run."""
+
+import json
+
+import pytest
+
+from nvila_model.evaluate import EvalConfig, exact_match, normalise, run_eval, score_predictions
+
+
+def test_normalise_and_exact_match():
+    assert normalise("  The Red. ") == "red"
+    assert normalise("Three") == "3" and exact_match("three", "3")
+    assert exact_match("Left!", "left") and not exact_match("left right", "left")
+
+
+def test_score_known_predictions():
+    rows = [{"subset": "colour", "prediction": "red", "answer": "red"},
+            {"subset": "colour", "prediction": "blue", "answer": "red"},
+            {"subset": "count", "prediction": "two", "answer": "2"},
+            {"subset": "count", "prediction": "2", "answer": "2"},
+            {"subset": "count", "prediction": "", "answer": "3"},
+            {"subset": "count", "prediction": "4", "answer": "3"}]
+    metrics = score_predictions(rows, chance={"colour": 0.25, "count": 0.25})
+    assert metrics["acc_colour"] == 0.5 and metrics["acc_count"] == 0.5
+    assert metrics["acc_mean"] == 0.5 and metrics["chance_mean"] == 0.25 and metrics["num_samples"] == 6
+
+
+def test_eval_run_writes_flat_metrics_and_predictions(project, corpus_dir):
+    from nvila_model.data.registry import DatasetsConfig
+    from nvila_model.params import load_config
+    from nvila_model.train.config import ModelParams, StageConfig
+    from nvila_model.train.stage import run_stage
+
+    out = run_stage("projector_init", load_config("projector_init", StageConfig), load_config("model", ModelParams),
+                    load_config("datasets", DatasetsConfig))
+    cfg = EvalConfig(checkpoint=str(out), out_dir="runs/eval", limit_per_subset=2, efficiency_samples=1,
+                     decode_tokens=4, subsets_file=str(corpus_dir / "data/raw/synth/subsets.json"))
+    metrics = run_eval(cfg)
+    saved = json.loads((out.parent / "eval/metrics.json").read_text())
+    assert all(isinstance(v, int | float) for v in saved.values())
+    assert saved["num_samples"] == 18 and 0 <= saved["acc_mean"] <= 1 and saved["chance_text"] == pytest.approx(0.125)
+    assert metrics["visual_tokens_per_sample"] > 0 and metrics["decode_tokens_per_s"] > 0
+    rows = [json.loads(line) for line in (out.parent / "eval/predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 18 and {"id", "subset", "prediction", "answer", "correct"} <= set(rows[0])
