@@ -1,1 +1,1 @@
-"""data package of nvila_model."""
+"""Data: synthetic corpus (generate, scenes, render), LLaVA manifests and loader, validation, collators, registry."""

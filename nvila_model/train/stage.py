@@ -140,7 +140,7 @@ def run_stage(stage: str, cfg: StageConfig, model_params: ModelParams, datasets:
     trainable = freeze_except(model, cfg.train_modules)
     fp8_layers = convert_fp8(model, precision) if precision.startswith("fp8") else []
     records, inputs = train_records(cfg, datasets)
-    dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length)
+    dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length, substitute_failed=True)
     pad_id = processor.pad_id
     collator = PackingCollator(pad_id, cfg.pack_tokens or cfg.max_length) if cfg.packing else PaddingCollator(pad_id)
     callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)

@@ -1,0 +1,93 @@
+"""Named datasets and mixtures (params.yaml `datasets`): name -> manifest, media root, subsets, repeat factor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..params import from_dict
+from .manifest import MEDIA_KEYS, default_media_root, read_manifest
+
+
+@dataclass
+class DatasetEntry:
+    """One dataset: `manifest` may hold `{split}`; `media_root` defaults to the manifest's; `subsets` filters."""
+
+    manifest: str
+    media_root: str = ""
+    subsets: list[str] = field(default_factory=list)
+    repeat: float = 1.0
+
+
+@dataclass
+class DatasetsConfig:
+    """params.yaml `datasets`: `entries` (name -> DatasetEntry fields), `mixtures` (name -> {entry: repeat})."""
+
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _absolute_media(record: dict[str, Any], root: Path) -> dict[str, Any]:
+    out = dict(record)
+    for key in MEDIA_KEYS:
+        value = record.get(key)
+        if isinstance(value, list):
+            out[key] = [str(root / v) for v in value]
+        elif value:
+            out[key] = str(root / value)
+    return out
+
+
+def repeat_records(records: list[dict[str, Any]], factor: float, seed: int = 0) -> list[dict[str, Any]]:
+    """`floor(factor)` copies of every record plus a seeded random `frac(factor)` share of them, in order."""
+    if factor < 0:
+        raise ValueError(f"repeat factor must be >= 0, got {factor}")
+    whole, frac = int(factor), factor - int(factor)
+    extra = set(np.random.default_rng(seed).permutation(len(records))[: round(frac * len(records))].tolist())
+    return [r for i, r in enumerate(records) for _ in range(whole + (i in extra))]
+
+
+class DatasetRegistry:
+    """Resolves a dataset or mixture name to records whose media paths are absolute (so roots can differ)."""
+
+    def __init__(self, cfg: DatasetsConfig, base_dir: str | Path = "."):
+        self.base_dir = Path(base_dir)
+        self.entries = {name: from_dict(DatasetEntry, values, where=f"datasets.entries.{name}")
+                        for name, values in cfg.entries.items()}
+        self.mixtures = dict(cfg.mixtures)
+        for name, parts in self.mixtures.items():
+            missing = sorted(set(parts) - set(self.entries))
+            if missing:
+                raise ValueError(f"datasets.mixtures.{name}: unknown dataset(s) {missing}; "
+                                 f"known: {sorted(self.entries)}")
+            if name in self.entries:
+                raise ValueError(f"datasets: {name!r} is both a dataset and a mixture")
+
+    def names(self) -> list[str]:
+        return sorted(self.entries) + sorted(self.mixtures)
+
+    def manifest_path(self, name: str, split: str) -> Path:
+        return self.base_dir / self.entries[name].manifest.format(split=split)
+
+    def records(self, name: str, split: str, seed: int = 0) -> list[dict[str, Any]]:
+        """All records of dataset or mixture `name` for `split`, repeat factors applied (repeats only in train)."""
+        if name in self.mixtures:
+            out = []
+            for i, (part, weight) in enumerate(self.mixtures[name].items()):
+                out += self._entry_records(part, split, float(weight), seed + i)
+            return out
+        if name not in self.entries:
+            raise ValueError(f"dataset {name!r} is not registered in params.yaml `datasets`; known: {self.names()}")
+        return self._entry_records(name, split, 1.0, seed)
+
+    def _entry_records(self, name: str, split: str, weight: float, seed: int) -> list[dict[str, Any]]:
+        entry = self.entries[name]
+        path = self.manifest_path(name, split)
+        root = self.base_dir / entry.media_root if entry.media_root else default_media_root(path)
+        records = [_absolute_media(r, root) for r in read_manifest(path)
+                   if not entry.subsets or r.get("subset") in entry.subsets]
+        factor = entry.repeat * weight if split == "train" else 1.0
+        return repeat_records(records, factor, seed)

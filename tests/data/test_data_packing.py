@@ -1,0 +1,74 @@
+"""Packing: row layout, and per-sample losses of packed and padded batches equal the samples run one by one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nvila_model.data.collate import PackingCollator, PaddingCollator, model_inputs, pack_rows, per_sample_losses
+from nvila_model.data.loader import LlavaDataset
+from nvila_model.data.manifest import read_manifest, record_kind
+
+
+def _fake(n: int, tag: int, media: int = 0) -> dict:
+    return {"input_ids": torch.full((n,), tag), "labels": torch.full((n,), tag), "id": f"s{tag}",
+            "pixel_values": torch.full((media, 3, 2, 2), float(tag)), "media_layout": torch.full((media, 4), tag)}
+
+
+def test_pack_rows_respects_the_budget_and_keeps_order() -> None:
+    rows = pack_rows([5, 3, 6, 2, 4], max_tokens=8)
+    assert sorted(i for r in rows for i in r) == [0, 1, 2, 3, 4]
+    assert all(sum([5, 3, 6, 2, 4][i] for i in r) <= 8 for r in rows) and len(rows) == 3
+    assert all(r == sorted(r) for r in rows) and [r[0] for r in rows] == sorted(r[0] for r in rows)
+    assert pack_rows([12, 1], max_tokens=8) == [[0], [1]]  # an oversized sample gets its own row
+
+
+def test_packed_batch_layout() -> None:
+    samples = [_fake(5, 1, media=1), None, _fake(3, 2), _fake(6, 3, media=2), _fake(2, 4, media=1)]
+    batch = PackingCollator(pad_id=0, max_tokens=8)(samples)
+    assert batch["attention_mask"] is None and batch["input_ids"].shape == (2, 8)
+    assert batch["ids"] == ["s1", "s2", "s3", "s4"]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 4, 5, 0, 1]]
+    assert batch["labels"][0].tolist() == [-100, 1, 1, 1, 1, -100, 2, 2]
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 3.0, 3.0, 4.0]
+    assert batch["media_layout"][:, 0].tolist() == [1, 3, 3, 4]
+    assert batch["cu_seqlens"].tolist() == [0, 5, 8, 14, 16] and batch["max_seqlen"] == 6
+    assert batch["sample_starts"].tolist() == [0, 5, 8, 14]
+    padded = PaddingCollator(pad_id=0)(samples)
+    assert padded["input_ids"].shape == (4, 6) and padded["attention_mask"].sum(1).tolist() == [5, 3, 6, 2]
+    assert padded["labels"][1].tolist() == [2, 2, 2, -100, -100, -100]
+
+
+def test_transformers_detects_packed_segments() -> None:
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    position_ids = PackingCollator(pad_id=0, max_tokens=8)([_fake(5, 1), _fake(3, 2), _fake(6, 3)])["position_ids"]
+    assert find_packed_sequence_indices(position_ids).tolist() == [[0, 0, 0, 0, 0, 1, 1, 1], [0] * 6 + [1, 1]]
+
+
+@pytest.fixture()
+def mixed_samples(corpus: Path, processor) -> list[dict]:
+    records = read_manifest(corpus / "val.jsonl")
+    picked = [next(r for r in records if record_kind(r) == k) for k in ("image", "video", "images")]
+    text = {"id": "t", "conversations": [{"from": "human", "value": "Say dog."}, {"from": "gpt", "value": "dog"}]}
+    ds = LlavaDataset([*picked, text, picked[0]], corpus, processor)
+    return [ds[i] for i in range(len(ds))]
+
+
+def test_packed_and_padded_losses_equal_one_by_one(mixed_samples: list[dict], tiny_model) -> None:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        alone = torch.cat([per_sample_losses(tiny_model(**model_inputs(b)).logits, b)
+                           for b in (PaddingCollator(0)([s]) for s in mixed_samples)])
+        budget = max(s["input_ids"].shape[0] for s in mixed_samples) + 40
+        packed = PackingCollator(pad_id=0, max_tokens=budget)(mixed_samples)
+        assert packed["input_ids"].shape[0] < len(mixed_samples)  # several samples really share a row
+        packed_losses = per_sample_losses(tiny_model(**model_inputs(packed)).logits, packed)
+        padded = PaddingCollator(0)(mixed_samples)
+        padded_losses = per_sample_losses(tiny_model(**model_inputs(padded)).logits, padded)
+    order = [[s["id"] for s in mixed_samples].index(i) for i in packed["ids"]]
+    torch.testing.assert_close(packed_losses, alone[order], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(padded_losses, alone, atol=2e-5, rtol=1e-5)
+    assert alone.isfinite().all() and alone.std() > 0
