@@ -30,7 +30,7 @@ class DatasetsConfig:
     mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def _absolute_media(record: dict[str, Any], root: Path) -> dict[str, Any]:
+def absolute_media(record: dict[str, Any], root: Path) -> dict[str, Any]:
     out = dict(record)
     for key in MEDIA_KEYS:
         value = record.get(key)
@@ -87,7 +87,7 @@ class DatasetRegistry:
         entry = self.entries[name]
         path = self.manifest_path(name, split)
         root = self.base_dir / entry.media_root if entry.media_root else default_media_root(path)
-        records = [_absolute_media(r, root) for r in read_manifest(path)
+        records = [absolute_media(r, root) for r in read_manifest(path)
                    if not entry.subsets or r.get("subset") in entry.subsets]
         factor = entry.repeat * weight if split == "train" else 1.0
         return repeat_records(records, factor, seed)

@@ -45,6 +45,20 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
+def resolve_attention(requested: str) -> str:
+    """'flash_attention_2' (varlen kernels for packed rows) on a GPU with flash-attn installed, else 'sdpa'
+    (exact block-diagonal masked attention for packed rows). Asking for flash-attn without it is an error."""
+    import importlib.util
+
+    available = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    if requested == "auto":
+        return "flash_attention_2" if available else "sdpa"
+    if requested == "flash_attention_2" and not available:
+        raise ValueError("attn_implementation flash_attention_2 needs a CUDA GPU and the `gpu` extra "
+                         "(pip install 'nvila-pipeline[gpu]'); use sdpa")
+    return requested
+
+
 def is_fp8_target(module: nn.Module, fqn: str) -> bool:
     """Only the LLM decoder's projection Linears (not lm_head, vision tower or projector)."""
     return (isinstance(module, nn.Linear) and fqn.startswith("language_model.")

@@ -28,7 +28,7 @@ from nvila_model.tokenizer import load_tokenizer
 from nvila_model.tracking import NullTracker, Tracker
 from nvila_model.train.config import MODULES, ModelParams, StageConfig
 from nvila_model.train.hf_trainer import NVILATrainer, StageCallback
-from nvila_model.train.precision import bf16_supported, convert_fp8, resolve_precision
+from nvila_model.train.precision import bf16_supported, convert_fp8, resolve_attention, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -127,28 +127,39 @@ def run_stage(stage: str, cfg: StageConfig, model_params: ModelParams, datasets:
     Trainer checkpoint (optimizer, scheduler, RNG) under `checkpoints/`. A killed run resumes from its last
     checkpoint when re-run with the same config."""
     cfg.validate(stage)
+    records, inputs = train_records(cfg, datasets)
+    fingerprint = config_fingerprint(stage, cfg, model_params)
+    return fit(stage, cfg, lambda: build_model(cfg, model_params), records, inputs, fingerprint, tracker)
+
+
+def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]], inputs: dict[str, str],
+        fingerprint: str, tracker: Tracker | None = None) -> Path:
+    """Train the model `make_model()` returns on `records` with the Trainer as `cfg` says; write `cfg.out_dir`.
+
+    The one training implementation: the five stages and the DeltaLoss proxy scorers both come through here.
+    """
     tracker = tracker or NullTracker()
     out = Path(cfg.out_dir)
-    fingerprint = config_fingerprint(stage, cfg, model_params)
     precision = resolve_precision(cfg.precision)
     use_bf16 = precision == "bf16" or (precision.startswith("fp8") and bf16_supported())
     args = training_arguments(cfg, out, use_bf16)  # sets up torch.distributed under torchrun / deepspeed
     with args.main_process_first(desc="stage directory"):
         resume_from = resume_point(out, fingerprint, cfg.resume, is_main=args.process_index == 0)
     set_seed(cfg.seed)
-    model, processor = build_model(cfg, model_params)
+    model, processor = make_model()
+    attention = resolve_attention(cfg.attn_implementation)
+    model.set_attn_implementation(attention)
     trainable = freeze_except(model, cfg.train_modules)
     fp8_layers = convert_fp8(model, precision) if precision.startswith("fp8") else []
-    records, inputs = train_records(cfg, datasets)
     dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length, substitute_failed=True)
     pad_id = processor.pad_id
     collator = PackingCollator(pad_id, cfg.pack_tokens or cfg.max_length) if cfg.packing else PaddingCollator(pad_id)
     callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
     trainer = NVILATrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                            module_lrs=cfg.lr, callbacks=[callback])
-    run = {"stage": stage, "precision": precision, "fp8_layers": len(fp8_layers), "packing": cfg.packing,
-           "deepspeed": args.deepspeed or "off", "trainable_params": trainable, "num_train_records": len(records),
-           "resumed_from": resume_from}
+    run = {"stage": stage, "precision": precision, "attention": attention, "fp8_layers": len(fp8_layers),
+           "packing": cfg.packing, "deepspeed": args.deepspeed or "off", "trainable_params": trainable,
+           "num_train_records": len(records), "resumed_from": resume_from}
     tracker.log_params({f"{stage}.{k}": v for k, v in asdict(cfg).items()} | {"precision_path": precision})
     log.info("stage %s: %s", stage, run)
     started = time.perf_counter()
@@ -159,8 +170,8 @@ def run_stage(stage: str, cfg: StageConfig, model_params: ModelParams, datasets:
         return out
     processor.save_pretrained(out)
     run |= {"train_seconds": round(elapsed, 2), "global_steps": trainer.state.global_step,
-            "final_loss": result.training_loss, "samples_per_s": round(result.metrics.get("train_samples_per_second",
-                                                                                           0.0), 3),
+            "final_loss": result.training_loss,
+            "samples_per_s": round(result.metrics.get("train_samples_per_second", 0.0), 3),
             "skipped_records": len(dataset.failures), "git_revision": git_revision(),
             "inputs": {k: {"path": v, "sha256": hash_path(v)} for k, v in inputs.items()}}
     (out / "meta.json").write_text(json.dumps(run, indent=2, default=str))

@@ -1,0 +1,51 @@
+"""DeltaLoss arithmetic: per-token answer log-likelihoods from logits, their mean, and the large-minus-small score."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def token_logprobs(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced log p(label_t | tokens_<t) for every supervised position, HF causal-LM alignment.
+
+    The logits at position t predict the token at t + 1, so logits are shifted left against labels (as in
+    the loss of a Hugging Face causal LM). Returns `(logp_BT, mask_BT)` with T = L - 1; positions whose label
+    is `IGNORE_INDEX` have mask False and logp 0.
+    """
+    if logits_BLV.dim() != 3 or labels_BL.dim() != 2 or logits_BLV.shape[:2] != labels_BL.shape:
+        raise ValueError(f"logits {tuple(logits_BLV.shape)} and labels {tuple(labels_BL.shape)} do not align")
+    logits_BTV = logits_BLV[:, :-1].float()
+    labels_BT = labels_BL[:, 1:]
+    mask_BT = labels_BT != IGNORE_INDEX
+    safe_labels_BT = labels_BT.masked_fill(~mask_BT, 0)
+    logp_BTV = torch.log_softmax(logits_BTV, dim=-1)
+    logp_BT = logp_BTV.gather(-1, safe_labels_BT.unsqueeze(-1)).squeeze(-1)
+    return logp_BT.masked_fill(~mask_BT, 0.0), mask_BT
+
+
+def mean_answer_logprob(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean log-likelihood over each sample's answer tokens, and the number K of those tokens.
+
+    Returns `(mean_logp_B, num_tokens_B)`; a sample without supervised tokens gets NaN (it cannot be scored,
+    and pruning ranks it last).
+    """
+    logp_BT, mask_BT = token_logprobs(logits_BLV, labels_BL)
+    num_tokens_B = mask_BT.sum(dim=1)
+    mean_B = logp_BT.sum(dim=1) / num_tokens_B.clamp(min=1)
+    mean_B = mean_B.masked_fill(num_tokens_B == 0, float("nan"))
+    return mean_B, num_tokens_B
+
+
+def delta_score(mean_logp_large: float, mean_logp_small: float) -> float:
+    """score(x) = mean_i log p_large(y_i) - mean_i log p_small(y_i) = small cross-entropy - large cross-entropy.
+
+    Positive: the large model has learned the sample and the small one has not (helpful); near zero: easy or
+    hopeless for both; negative: the small model fits it and the large one does not (distracting, or noise).
+    """
+    if math.isnan(mean_logp_large) or math.isnan(mean_logp_small):
+        return float("nan")
+    return float(mean_logp_large) - float(mean_logp_small)

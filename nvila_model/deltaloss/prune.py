@@ -1,0 +1,123 @@
+"""Per-subset pruning: keep each subset's top share by DeltaLoss score (or a seeded random share), protected whole."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nvila_model.data.manifest import default_media_root, read_manifest, write_jsonl
+from nvila_model.deltaloss.config import PruneConfig
+from nvila_model.manifest import write_stage_manifest
+from nvila_model.params import to_dict
+
+
+def keep_count(num_records: int, ratio: float) -> int:
+    """How many of a subset's `num_records` survive at `ratio`: round half up, at least one of a non-empty subset."""
+    if num_records == 0:
+        return 0
+    return min(num_records, max(1, math.floor(ratio * num_records + 0.5)))
+
+
+def rank_subset(scores: pd.DataFrame, method: str, subset: str, seed: int) -> list[str]:
+    """The ids of one subset, best first: by score (NaN last, ties by id), or in a seeded random order."""
+    if method == "deltaloss":
+        ordered = scores.assign(_nan=scores["score"].isna()).sort_values(
+            ["_nan", "score", "id"], ascending=[True, False, True], kind="mergesort"
+        )
+        return ordered["id"].tolist()
+    if method == "random":
+        # Seeded per subset (not by iteration order), so adding a subset does not reshuffle the others.
+        rng = np.random.default_rng([seed, zlib.crc32(subset.encode())])
+        ids = sorted(scores["id"].tolist())
+        return [ids[i] for i in rng.permutation(len(ids))]
+    raise ValueError(f"prune: unknown method {method!r}")
+
+
+def select(scores: pd.DataFrame, method: str, ratio: float, protected: list[str], seed: int) -> set[str]:
+    """The ids kept at `ratio`: per subset the top `keep_count` by `method`; protected subsets whole.
+
+    Orders do not depend on the ratio, so a lower ratio keeps a subset of what a higher one keeps.
+    """
+    kept: set[str] = set()
+    for subset, group in scores.groupby("subset", sort=True):
+        ranked = rank_subset(group, method, str(subset), seed)
+        count = len(ranked) if subset in protected else keep_count(len(ranked), ratio)
+        kept.update(ranked[:count])
+    return kept
+
+
+def summarize(records: list[dict[str, Any]], kept: set[str], method: str, ratio: float) -> dict[str, Any]:
+    """Kept counts per subset, and for injected defects the share of them the pruning removed."""
+    total = Counter(str(r.get("subset", "default")) for r in records)
+    kept_by = Counter(str(r.get("subset", "default")) for r in records if str(r["id"]) in kept)
+    defects = Counter(str(r["defect"]) for r in records if r.get("defect"))
+    defects_kept = Counter(str(r["defect"]) for r in records if r.get("defect") and str(r["id"]) in kept)
+    return {
+        "method": method,
+        "keep_ratio": ratio,
+        "num_records": len(records),
+        "num_kept": len(kept),
+        "subsets": {s: {"total": total[s], "kept": kept_by[s]} for s in sorted(total)},
+        "defects_removed_share": {d: 1 - defects_kept[d] / n for d, n in sorted(defects.items())},
+    }
+
+
+def point_dir(out_dir: str | Path, method: str, ratio: float) -> Path:
+    """Where one (method, ratio) point lives: `<out_dir>/<method>-<ratio>` (ratio as 0.5, 0.7, 1)."""
+    return Path(out_dir) / f"{method}-{ratio:g}"
+
+
+def load_scores(path: str | Path, ids: list[str]) -> pd.DataFrame:
+    """The scores table, checked to hold exactly one row per manifest id."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: scores table not found (run `nvila score` first)")
+    scores = pd.read_parquet(path)
+    for col in ("id", "subset", "score"):
+        if col not in scores.columns:
+            raise ValueError(f"{path}: missing column {col!r}")
+    scores["id"] = scores["id"].astype(str)
+    if scores["id"].duplicated().any():
+        raise ValueError(f"{path}: repeated ids, e.g. {scores.loc[scores['id'].duplicated(), 'id'].iloc[0]!r}")
+    unscored, unknown = set(ids) - set(scores["id"]), set(scores["id"]) - set(ids)
+    if unscored or unknown:
+        example = sorted(unscored or unknown)[0]
+        raise ValueError(f"{path}: {len(unscored)} manifest ids unscored, {len(unknown)} unknown ids "
+                         f"(e.g. {example!r})")
+    return scores
+
+
+def run_prune(cfg: PruneConfig) -> Path:
+    """Write `<out_dir>/<method>-<ratio>/{train.jsonl,summary.json,manifest.json}` for every method and ratio."""
+    cfg.validate()
+    records = read_manifest(cfg.manifest)
+    scores = load_scores(cfg.scores, [str(r["id"]) for r in records])
+    media_root = Path(cfg.media_root) if cfg.media_root is not None else default_media_root(cfg.manifest)
+    unknown_protected = sorted(set(cfg.protected_subsets) - set(scores["subset"]))
+    if unknown_protected:
+        raise ValueError(f"prune.protected_subsets: no such subset(s) {unknown_protected} in {cfg.scores}")
+    points = []
+    for method in cfg.methods if cfg.method in cfg.methods else [*cfg.methods, cfg.method]:
+        for ratio in cfg.all_ratios():
+            kept = select(scores, method, ratio, list(cfg.protected_subsets), cfg.seed)
+            out = point_dir(cfg.out_dir, method, ratio)
+            write_jsonl([r for r in records if str(r["id"]) in kept], out / "train.jsonl")
+            summary = summarize(records, kept, method, ratio)
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            # Records are copied unchanged; `media_root` (relative to `out`) keeps their media paths resolvable.
+            write_stage_manifest(
+                out, "prune", to_dict(cfg), inputs={"manifest": cfg.manifest, "scores": cfg.scores},
+                media_root=os.path.relpath(media_root.resolve(), out.resolve()), method=method, keep_ratio=ratio,
+                num_kept=len(kept),
+            )
+            points.append(summary)
+    Path(cfg.out_dir, "summary.json").write_text(json.dumps({"points": points}, indent=2))
+    return Path(cfg.out_dir)

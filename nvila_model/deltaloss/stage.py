@@ -1,0 +1,118 @@
+"""The `score` stage: DeltaLoss-score every record of a manifest and write the table, histograms and manifest."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nvila_model.data.manifest import default_media_root, read_manifest
+from nvila_model.deltaloss.config import ScoreConfig
+from nvila_model.deltaloss.scorer import SCORE_COLUMNS, ScorerPair, check_ids, score_records_local
+from nvila_model.manifest import write_stage_manifest
+from nvila_model.params import to_dict
+from nvila_model.tracking import NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_pair(cfg: ScoreConfig, small: str | Path, large: str | Path, media_root: Path) -> ScorerPair:
+    """Factories that each Ray actor (or the local loop) calls once to load the two checkpoints."""
+    from nvila_model.deltaloss.checkpoint_scorer import CheckpointScorer
+
+    def factory(path: str | Path) -> functools.partial:
+        return functools.partial(CheckpointScorer, str(Path(path).resolve()), str(media_root),
+                                 cfg.micro_batch_size, cfg.dtype, cfg.device)
+
+    return ScorerPair(small=factory(small), large=factory(large))
+
+
+def score_rows(pair: ScorerPair, records: list[dict[str, Any]], cfg: ScoreConfig) -> list[dict[str, Any]]:
+    """Rows from the Ray pool, or from the in-process loop when `ray.num_actors` is 0."""
+    if cfg.ray.num_actors == 0:
+        return score_records_local(pair, records, cfg.batch_size)
+    from nvila_model.deltaloss.ray_pool import score_records_ray
+
+    rows, stats = score_records_ray(pair, records, cfg.batch_size, cfg.ray)
+    log.info("scored %d batches; %d actors started, %d died", stats.num_batches, stats.num_actors_started,
+             stats.num_actors_died)
+    return rows
+
+
+def write_histograms(scores: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """One PNG per subset, `hist-<subset>.png`: scores of clean records, and of each injected defect kind apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for subset, group in scores.groupby("subset", sort=True):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        defect = group["defect"].fillna("clean")
+        values = [group.loc[defect == kind, "score"].dropna() for kind in sorted(defect.unique())]
+        ax.hist(values, bins=30, stacked=True, label=sorted(defect.unique()))
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set(title=f"DeltaLoss scores: {subset} (n={len(group)})", xlabel="mean log p_large - mean log p_small",
+               ylabel="records")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = Path(out_dir) / f"hist-{subset}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def subset_stats(scores: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per subset: count, mean / median score, and the mean score of clean and of defect records."""
+    out = {}
+    for subset, group in scores.groupby("subset", sort=True):
+        stats = {"count": int(len(group)), "mean_score": float(group["score"].mean()),
+                 "median_score": float(group["score"].median()), "unscored": int(group["score"].isna().sum())}
+        for kind, part in group.groupby(group["defect"].fillna("clean")):
+            stats[f"mean_score_{kind}"] = float(part["score"].mean())
+        out[str(subset)] = stats
+    return out
+
+
+def run_score(cfg: ScoreConfig, tracker: Tracker | None = None) -> Path:
+    """Score `cfg.manifest` with the configured checkpoints (or bootstrapped proxies); returns `cfg.out_dir`."""
+    tracker = tracker or NullTracker()
+    cfg.validate()
+    records = read_manifest(cfg.manifest)
+    if cfg.max_samples is not None:
+        records = records[: cfg.max_samples]
+    check_ids(records, cfg.manifest)
+    media_root = (Path(cfg.media_root) if cfg.media_root is not None else default_media_root(cfg.manifest)).resolve()
+    if cfg.small_checkpoint is None:
+        from nvila_model.deltaloss.bootstrap import bootstrap_scorers
+
+        small, large = bootstrap_scorers(cfg.bootstrap, records, media_root, cfg.tokenizer_dir)
+    else:
+        small, large = Path(cfg.small_checkpoint), Path(cfg.large_checkpoint)
+    start = time.perf_counter()
+    rows = score_rows(checkpoint_pair(cfg, small, large, media_root), records, cfg)
+    seconds = time.perf_counter() - start
+    scores = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scores.to_parquet(out_dir / "scores.parquet", index=False)
+    histograms = write_histograms(scores, out_dir)
+    summary = {"num_records": len(scores), "seconds": seconds, "samples_per_s": len(scores) / max(seconds, 1e-9),
+               "small_checkpoint": str(small), "large_checkpoint": str(large), "subsets": subset_stats(scores)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_stage_manifest(out_dir, "score", to_dict(cfg), inputs={"manifest": cfg.manifest, "small": small,
+                                                                 "large": large}, num_records=len(scores))
+    tracker.log_params({"score.small_checkpoint": str(small), "score.large_checkpoint": str(large),
+                        "score.num_actors": cfg.ray.num_actors})
+    tracker.log_metrics({"score.samples_per_s": summary["samples_per_s"],
+                         **{f"score.mean.{s}": v["mean_score"] for s, v in summary["subsets"].items()}})
+    for path in histograms:
+        tracker.log_artifact(path, "scores")
+    return out_dir

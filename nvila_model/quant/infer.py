@@ -1,0 +1,48 @@
+"""One inference entry for a prompt with an optional image or video, on any model variant (fp32, bf16, quantized)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nvila_model.data.loader import load_image, load_video
+from nvila_model.quant.loading import load_variant
+
+
+def prepare_prompt(processor: Any, prompt: str, image: str | Path | None = None,
+                   video: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Encode a user prompt with its media (the marker is added when the prompt has none) for `generate()`."""
+    if image is not None and video is not None:
+        raise ValueError("give an image or a video, not both")
+    images, frames = None, None
+    if image is not None:
+        if not Path(image).is_file():
+            raise ValueError(f"{image}: image not found")
+        images = [load_image(image)]
+    if video is not None:
+        if not Path(video).is_file():
+            raise ValueError(f"{video}: video not found")
+        frames = load_video(video, processor.video_frame_indices)
+    return processor.encode_prompt(prompt, images=images, video=frames)
+
+
+@torch.inference_mode()
+def generate_ids(model: Any, sample: dict[str, torch.Tensor], max_new_tokens: int = 32) -> torch.Tensor:
+    """Greedy continuation ids (without the prompt) of one encoded sample."""
+    input_ids = sample["input_ids"].unsqueeze(0)
+    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                         pixel_values=sample["pixel_values"], media_layout=sample["media_layout"],
+                         max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, input_ids.shape[1]:]
+
+
+def run_infer(checkpoint: str | Path, prompt: str, variant: str = "fp32", image: str | Path | None = None,
+              video: str | Path | None = None, max_new_tokens: int = 32, num_threads: int = 2) -> str:
+    """Load `variant` of `checkpoint` and answer `prompt` about the image or video."""
+    torch.set_num_threads(num_threads)
+    model, processor = load_variant(checkpoint, variant)
+    sample = prepare_prompt(processor, prompt, image, video)
+    return processor.decode(generate_ids(model, sample, max_new_tokens))
+

@@ -1,0 +1,66 @@
+"""Scoring real (tiny) NVILA checkpoints: a sample the large model has fitted scores positive and is kept."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nvila_model.data.manifest import read_manifest
+from nvila_model.deltaloss.checkpoint_scorer import CheckpointScorer
+from nvila_model.deltaloss.config import PruneConfig, RayConfig, ScoreConfig
+from nvila_model.deltaloss.formula import mean_answer_logprob
+from nvila_model.deltaloss.prune import run_prune
+from nvila_model.deltaloss.stage import run_score
+
+
+def _score_cfg(root, out, **kw) -> ScoreConfig:
+    return ScoreConfig(manifest=str(root / "train.jsonl"), out_dir=str(out), small_checkpoint=str(root / "small"),
+                       large_checkpoint=str(root / "large"), batch_size=4, micro_batch_size=3,
+                       ray=RayConfig(num_actors=0), **kw)
+
+
+def test_batched_scorer_matches_one_sample_forward(colour_corpus, processor):
+    records = read_manifest(colour_corpus / "train.jsonl")
+    scorer = CheckpointScorer(colour_corpus / "large", colour_corpus, micro_batch_size=4)
+    means, counts = scorer.mean_logprobs(records)
+    sample = scorer.encode(records[3])
+    with torch.inference_mode():
+        logits = scorer.model(input_ids=sample["input_ids"][None], pixel_values=sample["pixel_values"],
+                              media_layout=sample["media_layout"]).logits
+    single, num = mean_answer_logprob(logits, sample["labels"][None])
+    assert counts[3] == num.item() == 2  # the answer word and <|im_end|>
+    assert means[3] == pytest.approx(single.item(), abs=1e-5)
+
+
+def test_fitted_sample_scores_positive_and_is_kept(colour_corpus, tmp_path):
+    out = run_score(_score_cfg(colour_corpus, tmp_path / "scores"))
+    scores = pd.read_parquet(out / "scores.parquet").set_index("id")
+    assert list(scores.columns) == ["subset", "logp_small", "logp_large", "score", "num_tokens", "defect"]
+    assert scores.loc["fit", "score"] > 1.0
+    assert scores["score"].idxmax() == "fit"
+    assert np.allclose(scores["score"], scores["logp_large"] - scores["logp_small"])
+    assert {p.name for p in out.glob("hist-*.png")} == {"hist-colour.png", "hist-shape.png"}
+    assert json.loads((out / "manifest.json").read_text())["stage"] == "score"
+    pruned = run_prune(PruneConfig(scores=str(out / "scores.parquet"), manifest=str(colour_corpus / "train.jsonl"),
+                                   out_dir=str(tmp_path / "pruned"), keep_ratios=[0.5]))
+    kept = [r["id"] for r in read_manifest(pruned / "deltaloss-0.5" / "train.jsonl")]
+    assert "fit" in kept and len(kept) == 4  # colour: 2 of 3, shape: 2 of 3
+
+
+def test_unloadable_record_keeps_its_row_with_nan(colour_corpus, tmp_path):
+    records = read_manifest(colour_corpus / "train.jsonl")
+    records[2]["image"] = "missing.png"
+    scorer = CheckpointScorer(colour_corpus / "small", colour_corpus, micro_batch_size=4)
+    means, counts = scorer.mean_logprobs(records)
+    assert np.isnan(means[2]) and counts[2] == 0 and not np.isnan(means[[0, 1, 3]]).any()
+
+
+def test_bad_config_raises(colour_corpus, tmp_path):
+    with pytest.raises(ValueError, match="both small_checkpoint and large_checkpoint"):
+        run_score(ScoreConfig(manifest=str(colour_corpus / "train.jsonl"), small_checkpoint="x"))
+    with pytest.raises(ValueError, match="not a checkpoint directory"):
+        CheckpointScorer(tmp_path, colour_corpus)

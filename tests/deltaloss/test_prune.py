@@ -1,0 +1,109 @@
+"""Per-subset pruning: ratios per subset, protected subsets whole, seeded determinism, outputs on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nvila_model.data.manifest import default_media_root, media_paths, read_manifest, write_jsonl
+from nvila_model.deltaloss.config import PruneConfig
+from nvila_model.deltaloss.prune import keep_count, point_dir, run_prune, select
+
+SIZES = {"color": 37, "count": 20, "ocr": 9}
+
+
+def _scores(seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = [{"id": f"{s}-{i:03d}", "subset": s, "score": float(rng.normal())}
+            for s, n in SIZES.items() for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+def test_keep_count_rounds_half_up_and_keeps_one():
+    assert [keep_count(n, 0.5) for n in (0, 1, 3, 9, 10)] == [0, 1, 2, 5, 5]
+    assert keep_count(37, 0.7) == 26 and keep_count(20, 1.0) == 20
+
+
+@pytest.mark.parametrize("ratio", [0.9, 0.7, 0.5])
+def test_per_subset_ratios_and_top_scores(ratio):
+    scores = _scores()
+    kept = select(scores, "deltaloss", ratio, protected=[], seed=0)
+    for subset, group in scores.groupby("subset"):
+        mine = group[group["id"].isin(kept)]
+        assert len(mine) == keep_count(SIZES[subset], ratio)
+        dropped = group[~group["id"].isin(kept)]
+        assert dropped.empty or mine["score"].min() >= dropped["score"].max()
+
+
+def test_protected_subset_kept_whole_and_lower_ratios_nest():
+    scores = _scores()
+    for method in ("deltaloss", "random"):
+        k5 = select(scores, method, 0.5, protected=["ocr"], seed=3)
+        k7 = select(scores, method, 0.7, protected=["ocr"], seed=3)
+        assert set(scores.loc[scores["subset"] == "ocr", "id"]) <= k5
+        assert k5 <= k7
+
+
+def test_nan_scores_are_pruned_first():
+    scores = _scores()
+    scores.loc[scores["id"] == "count-000", "score"] = float("nan")
+    scores.loc[scores["id"] == "count-001", "score"] = 99.0
+    kept = select(scores, "deltaloss", 0.5, protected=[], seed=0)
+    assert "count-001" in kept and "count-000" not in kept
+
+
+def test_random_baseline_is_seeded():
+    scores = _scores()
+    a, b = (select(scores, "random", 0.5, [], seed=7) for _ in range(2))
+    assert a == b
+    assert a != select(scores, "random", 0.5, [], seed=8)
+    assert a != select(scores, "deltaloss", 0.5, [], seed=7)
+
+
+def _corpus(tmp_path: Path) -> PruneConfig:
+    scores = _scores()
+    records = [{"id": i, "subset": s, "image": f"images/{i}.png", "conversations": []}
+               for i, s in zip(scores["id"], scores["subset"], strict=True)]
+    records[0]["defect"] = "noise"
+    scores.loc[0, "score"] = -50.0
+    write_jsonl(records, tmp_path / "validated" / "train.jsonl")
+    scores.to_parquet(tmp_path / "scores.parquet")
+    return PruneConfig(scores=str(tmp_path / "scores.parquet"), manifest=str(tmp_path / "validated" / "train.jsonl"),
+                       out_dir=str(tmp_path / "pruned"), keep_ratios=[0.9, 0.5], keep_ratio=0.7,
+                       protected_subsets=["ocr"])
+
+
+def test_run_prune_writes_points_deterministically(tmp_path):
+    cfg = _corpus(tmp_path)
+    run_prune(cfg)
+    first = {p: (Path(cfg.out_dir) / p).read_text() for p in ("random-0.5/train.jsonl", "deltaloss-0.7/train.jsonl")}
+    run_prune(cfg)
+    assert first == {p: (Path(cfg.out_dir) / p).read_text() for p in first}
+    point = point_dir(cfg.out_dir, "deltaloss", 0.5)
+    summary = json.loads((point / "summary.json").read_text())
+    assert summary["subsets"]["ocr"] == {"total": 9, "kept": 9}
+    assert summary["subsets"]["color"] == {"total": 37, "kept": 19}
+    assert summary["defects_removed_share"] == {"noise": 1.0}
+    assert json.loads((point / "manifest.json").read_text())["stage"] == "prune"
+    kept = read_manifest(point / "train.jsonl")
+    assert len(kept) == summary["num_kept"] == 19 + 10 + 9
+    [media] = media_paths(kept[0], default_media_root(point / "train.jsonl"))
+    assert media.resolve() == (tmp_path / "validated" / "images" / f"{kept[0]['id']}.png")
+    points = json.loads((Path(cfg.out_dir) / "summary.json").read_text())["points"]
+    assert sorted((p["method"], p["keep_ratio"]) for p in points) == sorted(
+        (m, r) for m in ("deltaloss", "random") for r in (0.9, 0.7, 0.5))
+
+
+def test_bad_inputs_raise(tmp_path):
+    cfg = _corpus(tmp_path)
+    with pytest.raises(ValueError, match="unknown method"):
+        run_prune(PruneConfig(**{**cfg.__dict__, "methods": ["loss"]}))
+    with pytest.raises(ValueError, match="no such subset"):
+        run_prune(PruneConfig(**{**cfg.__dict__, "protected_subsets": ["video"]}))
+    pd.read_parquet(cfg.scores).iloc[:-1].to_parquet(cfg.scores)
+    with pytest.raises(ValueError, match="1 manifest ids unscored"):
+        run_prune(cfg)
