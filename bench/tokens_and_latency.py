@@ -54,7 +54,7 @@ def main() -> None:
                 if round_:  # round 0 warms up
                     times[key].append((time.perf_counter() - t0) / len(images))
     rows = []
-    for (projector, s2), (model, proc) in variants.items():
+    for (projector, s2), (_, proc) in variants.items():
         tokens = [proc.num_image_tokens(*size) for size in SIZES]
         rows.append({"projector": projector, "dynamic_s2": s2, "tokens_per_image": statistics.mean(tokens),
                      "prefill_ms": 1000 * statistics.median(times[(projector, s2)]),

@@ -63,8 +63,9 @@ def child(args: argparse.Namespace) -> None:
                 self.t0 = time.perf_counter()
 
     clock = Clock()
+    collator = LlavaCollator(processor.pad_id, keep_layout=args.child != "llava_hf")
     trainer = NVILATrainer(
-        model=model, module_lrs=lrs, train_dataset=dataset, data_collator=LlavaCollator(processor.pad_id, args.child != "llava_hf"),
+        model=model, module_lrs=lrs, train_dataset=dataset, data_collator=collator,
         callbacks=[clock], args=TrainingArguments(
             output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
             save_strategy="no", report_to="none", remove_unused_columns=False, use_cpu=True, bf16=args.bf16,

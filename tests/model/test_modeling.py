@@ -32,8 +32,8 @@ def test_token_counts_per_projector(tokenizer, projector, per_tile):
 
     config = build_config("tiny", projector=projector, dynamic_s2=False)
     model = NVILAForConditionalGeneration(config).eval()
-    feats = NVILAProcessor(tokenizer, config).encode([{"from": "human", "value": "<image>\nhi"},
-                                                      {"from": "gpt", "value": "red"}], images=[Image.new("RGB", (50, 20))])
+    conv = [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "red"}]
+    feats = NVILAProcessor(tokenizer, config).encode(conv, images=[Image.new("RGB", (50, 20))])
     assert model.encode_media(feats["pixel_values"], feats["media_layout"])[0].shape == (per_tile, 128)
     assert model(**{k: v.unsqueeze(0) if k in ("input_ids", "labels") else v for k, v in feats.items()}).loss.isfinite()
 
@@ -59,8 +59,8 @@ def test_save_load_reproduces_logits_and_auto_class(tmp_path, processor, tiny_mo
         assert torch.equal(tiny_model(**batch).logits, loaded(**batch).logits)
     from nvila_model.processor import NVILAProcessor
 
-    again = NVILAProcessor.from_pretrained(tmp_path).encode([{"from": "human", "value": "<image>\nWhat colour is the square?"},
-                                                             {"from": "gpt", "value": "red"}], images=[Image.new("RGB", (90, 40))])
+    conv = [{"from": "human", "value": "<image>\nWhat colour is the square?"}, {"from": "gpt", "value": "red"}]
+    again = NVILAProcessor.from_pretrained(tmp_path).encode(conv, images=[Image.new("RGB", (90, 40))])
     assert torch.equal(again["input_ids"], _sample(processor)["input_ids"])
 
 
@@ -75,7 +75,8 @@ def test_from_components_loads_local_pretrained_parts(tmp_path, tiny_config):
 
 
 def test_cached_and_uncached_greedy_generation_agree(processor, tiny_model):
-    prompts = [processor.encode_prompt("<image>\nWhat colour is the square?", images=[Image.new("RGB", (70, 30), "red")]),
+    red = Image.new("RGB", (70, 30), "red")
+    prompts = [processor.encode_prompt("<image>\nWhat colour is the square?", images=[red]),
                processor.encode_prompt("How many circles are there?")]
     batch = processor.pad(prompts, padding_side="left")
     cached = tiny_model.generate(**batch, max_new_tokens=8, do_sample=False)

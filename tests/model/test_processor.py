@@ -37,7 +37,8 @@ def test_non_rgb_images_are_converted(processor, mode):
 
 
 def test_multi_image_samples_use_one_tile_each(processor):
-    feats = processor.encode([{"from": "human", "value": "<image>\n<image>\nSame colour?"}, {"from": "gpt", "value": "red"}],
+    conv = [{"from": "human", "value": "<image>\n<image>\nSame colour?"}, {"from": "gpt", "value": "red"}]
+    feats = processor.encode(conv,
                              images=[Image.new("RGB", (100, 30)), Image.new("RGB", (30, 100))])
     assert feats["pixel_values"].shape[0] == 2 and feats["media_layout"][:, 0].tolist() == [1, 1]
 
