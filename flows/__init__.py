@@ -1,1 +1,5 @@
 """Prefect flows composing the pipeline tasks."""
+
+from tasks.env import configure
+
+configure()

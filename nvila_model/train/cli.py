@@ -34,6 +34,7 @@ def train(
     max_steps: int | None = typer.Option(None, help="override the stage's max_steps"),
     precision: str | None = typer.Option(None, help="override precision: auto | fp32 | bf16 | fp8"),
     out_dir: str | None = typer.Option(None, help="override the stage's output directory"),
+    pruned_manifest: str | None = typer.Option(None, help="train only on the ids of this pruned manifest"),
 ) -> None:
     """Run one of the five training stages (its `params.yaml` key); resumes an interrupted run of it."""
     from nvila_model.data.registry import DatasetsConfig
@@ -44,7 +45,8 @@ def train(
     if stage not in STAGES:
         raise typer.BadParameter(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
     cfg = load_config(stage, StageConfig, params,
-                      overrides={"max_steps": max_steps, "precision": precision, "out_dir": out_dir})
+                      overrides={"max_steps": max_steps, "precision": precision, "out_dir": out_dir,
+                                                        "pruned_manifest": pruned_manifest})
     out = run_stage(stage, cfg, load_config("model", ModelParams, params),
                     load_config("datasets", DatasetsConfig, params))
     typer.echo(f"wrote {out}")

@@ -1,0 +1,58 @@
+"""Deployments: serve the pipeline flow with its cron schedule, and `nvila ui` (Prefect server + MLflow UI + serve)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prefect.deployments.runner import EntrypointType
+from prefect.schedules import Cron
+
+from flows.config import PipelineConfig, flow_parameters, load_pipeline_config
+from flows.pipeline import nvila_pipeline
+from flows.services import HOST, start_mlflow_server, start_prefect_server, stop
+from tasks.env import project_dir
+
+
+def deployment_parameters(cfg: PipelineConfig, params: str | Path) -> dict[str, object]:
+    """Default parameters of the deployment: the `pipeline:` key of params.yaml (None values left out)."""
+    return {k: v for k, v in flow_parameters(cfg, params).items() if v is not None}
+
+
+def serve_pipeline(params: str | Path = "params.yaml", name: str | None = None, cron: str | None = None,
+                   parameters: dict[str, object] | None = None) -> None:
+    """Register the pipeline deployment (cron schedule from params.yaml) and run it when triggered; blocks."""
+    cfg = load_pipeline_config(params)
+    nvila_pipeline.serve(
+        name=name or cfg.deployment,
+        schedules=[Cron(cron or cfg.cron, timezone=cfg.timezone)],
+        parameters={**deployment_parameters(cfg, params), **(parameters or {})},
+        description="NVILA pipeline: data, DeltaLoss pruning, five-stage training, eval, fine-tune, quantize.",
+        tags=["nvila"],
+        limit=1,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def run_ui(prefect_port: int = 4200, mlflow_port: int = 5000, params: str | Path = "params.yaml") -> None:
+    """Start the Prefect server and the MLflow UI on 127.0.0.1, then serve the deployment until Ctrl-C.
+
+    The Prefect client variables (`flows.services.prefect_env`) must be in the environment before `prefect` is
+    imported (`nvila ui` sets them); the server and the flow-run processes inherit them.
+    """
+    root = project_dir()
+    logs = root / ".prefect" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    os.environ["NVILA_MLFLOW_PORT"] = str(mlflow_port)
+    prefect_proc = mlflow_proc = None
+    try:
+        prefect_proc = start_prefect_server(prefect_port, log=logs / "prefect-server.log")
+        tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not tracking.startswith(("http://", "https://")):
+            mlflow_proc = start_mlflow_server(mlflow_port, root, log=logs / "mlflow-server.log")
+        print(f"Prefect UI: http://{HOST}:{prefect_port}   MLflow UI: http://{HOST}:{mlflow_port}")
+        print(f"Logs in {logs}. Trigger the deployment from the Prefect UI (Deployments), Ctrl-C to stop.")
+        serve_pipeline(params)
+    finally:
+        stop(mlflow_proc)
+        stop(prefect_proc)

@@ -1,0 +1,42 @@
+"""Point every service at a temporary folder before prefect / mlflow are imported; helpers for the tests."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+_TMP = Path(tempfile.mkdtemp(prefix="nvila-orch-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
+
+ENV = {
+    "NVILA_PROJECT_DIR": str(_TMP / "project"),
+    "PREFECT_HOME": str(_TMP / "prefect"),
+    "PREFECT_LOCAL_STORAGE_PATH": str(_TMP / "prefect" / "storage"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+    "MLFLOW_TRACKING_URI": f"sqlite:///{_TMP / 'mlflow.db'}",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+os.environ.update(ENV)
+os.environ.pop("PREFECT_API_URL", None)
+(_TMP / "project").mkdir()
+shutil.copy(REPO / "params.yaml", _TMP / "project" / "params.yaml")
+
+
+@pytest.fixture()
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh project folder (a copy of params.yaml) as the cwd, with its own MLflow store and Prefect results."""
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("NVILA_PROJECT_DIR", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(root / ".prefect" / "storage"))
+    return root

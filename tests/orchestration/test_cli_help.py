@@ -1,0 +1,29 @@
+"""Every registered `nvila` command, nested groups included, answers `--help`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path under `group` (typer vendors click, so groups are recognised by their `commands`)."""
+    found = [path]
+    for name, command in getattr(group, "commands", {}).items():
+        found += _commands(command, (*path, name))
+    return found
+
+
+def test_every_command_has_help() -> None:
+    root = typer.main.get_command(app)
+    paths = _commands(root)
+    runner = CliRunner()
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, f"nvila {' '.join(path)} --help: {result.output}"
+        assert "Usage" in result.output
+    assert ("pipeline", "run") in paths and ("ui",) in paths

@@ -1,0 +1,66 @@
+"""Serve the pipeline deployment on a real Prefect server, trigger it through the API, see the run complete."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.services import free_port, prefect_env, start_prefect_server, stop
+
+pytestmark = pytest.mark.timeout(420)
+DEPLOYMENT = "nvila-pipeline/test-deployment"
+
+
+async def _wait_for_deployment(name: str, timeout: float) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            try:
+                await client.read_deployment_by_name(name)
+                return
+            except ObjectNotFound:
+                await asyncio.sleep(1)
+    raise TimeoutError(f"deployment {name} not registered within {timeout} s")
+
+
+def test_served_deployment_runs(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    home = tmp_path / "prefect-home"
+    env = prefect_env(port, home)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    server = serve = None
+    try:
+        server = start_prefect_server(port, home, log=tmp_path / "server.log")
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "pipeline", "serve", "--name", "test-deployment"],
+            env={**os.environ}, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        asyncio.run(_wait_for_deployment(DEPLOYMENT, 120))
+
+        from prefect.deployments import run_deployment
+
+        flow_run = run_deployment(DEPLOYMENT, parameters={"stages": []}, timeout=240)
+        assert flow_run.state is not None and flow_run.state.is_completed(), (
+            f"{flow_run.state}\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
+        )
+    finally:
+        stop(serve)
+        stop(server)
+    # the run tracked to the project's MLflow store, tagged with its Prefect flow-run id
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_runs(
+        [MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment_by_name("nvila").experiment_id]
+    )
+    assert [r.data.tags["prefect.flow_run_id"] for r in runs] == [str(flow_run.id)]
