@@ -73,8 +73,9 @@ def load_model(checkpoint: str | Path):
     from nvila_model.processor import NVILAProcessor
 
     path = Path(checkpoint)
-    if (path / "quantization.json").is_file() or (path / "meta.json").is_file() and \
-            json.loads((path / "meta.json").read_text()).get("kind") == "quantized":
+    from nvila_model.quant.quantize import is_quantized
+
+    if is_quantized(path):
         from nvila_model.quant.loading import load_quantized
 
         model = load_quantized(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ COLOUR_NAMES = tuple(COLOURS)
 WORDS = ("cat", "dog", "sun", "box", "car", "map", "pen", "cup")
 
 
-class Subset:
+class Subset(ABC):
     """One task family: `questions` maps question type -> closed answer set; `media` is image, images or video."""
 
     name: str = ""
@@ -22,12 +23,15 @@ class Subset:
     questions: dict[str, tuple[str, ...]] = {}
     templates: dict[str, tuple[str, ...]] = {}
 
+    @abstractmethod
     def sample(self, rng: np.random.Generator, width: int, height: int) -> Scene:
         raise NotImplementedError
 
+    @abstractmethod
     def answer(self, scene: Scene, qtype: str) -> str:
         raise NotImplementedError
 
+    @abstractmethod
     def render(self, scene: Scene) -> Any:
         raise NotImplementedError
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import numpy as np
 
 from .render import SHAPES, canvas, draw_shapes
@@ -15,6 +17,7 @@ class VideoSubset(Subset):
 
     media = "video"
 
+    @abstractmethod
     def shapes_at(self, scene: Scene, t: int) -> list[dict]:
         raise NotImplementedError
 

@@ -11,19 +11,17 @@ from safetensors.torch import load_file
 from torch import nn
 
 from nvila_model.quant import awq_adapter, w8a8
-from nvila_model.quant.quantize import QUANT_KIND, WEIGHTS, load_checkpoint
+from nvila_model.quant.quantize import QUANT_KIND, WEIGHTS, is_quantized, load_checkpoint
 
 VARIANTS = ("fp32", "bf16", "quantized")
 
 
 def read_quant_meta(path: str | Path) -> dict[str, Any]:
     """meta.json of a quantized directory; anything else is a `ValueError`."""
-    meta_file = Path(path) / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    if meta.get("kind") != QUANT_KIND:
+    if not is_quantized(path):
         raise ValueError(f"{path}: not a quantized NVILA directory (meta.json kind is not {QUANT_KIND!r}); "
                          "run `nvila quantize` first")
-    return meta
+    return json.loads((Path(path) / "meta.json").read_text())
 
 
 def load_quantized(path: str | Path, device: str = "cpu") -> nn.Module:

@@ -21,6 +21,12 @@ WEIGHTS = "model.safetensors"
 QUANT_KIND = "quantized"  # what nvila_model.evaluate.load_model looks for in meta.json
 
 
+def is_quantized(path: str | Path) -> bool:
+    """Whether `path` is a directory written by `nvila quantize` (its meta.json says kind: quantized)."""
+    meta_file = Path(path) / "meta.json"
+    return meta_file.is_file() and json.loads(meta_file.read_text()).get("kind") == QUANT_KIND
+
+
 def check_nvila_checkpoint(path: str | Path) -> None:
     """A clear `ValueError` unless `path` is an NVILA checkpoint directory (config.json with model_type nvila)."""
     path = Path(path)
@@ -31,7 +37,7 @@ def check_nvila_checkpoint(path: str | Path) -> None:
     if model_type != "nvila":
         raise ValueError(f"{path}: not an NVILA checkpoint: config.json model_type is {model_type!r}, expected "
                          "'nvila' (quantize takes the output of a training or fine-tuning stage)")
-    if (path / "meta.json").is_file() and json.loads((path / "meta.json").read_text()).get("kind") == QUANT_KIND:
+    if is_quantized(path):
         raise ValueError(f"{path}: already quantized; quantize the fp32 checkpoint it came from")
 
 
