@@ -72,21 +72,23 @@ def _print_summary(root: Path, result: dict[str, str], seconds: float) -> None:
 
 @pipeline_app.command("sweep")
 def sweep(
-    keep_ratios: str = typer.Option("0.9,0.7,0.5", help="comma-separated keep ratios"),
-    methods: str = typer.Option("deltaloss,random", help="comma-separated pruning methods"),
+    keep_ratios: str | None = typer.Option(None, help="comma-separated keep ratios, 1 = all data (default: sweep:)"),
+    methods: str | None = typer.Option(None, help="comma-separated pruning methods (default: sweep.methods)"),
     preset: str | None = typer.Option(None, help="model preset (default: params.yaml model.preset)"),
-    experiment: str = typer.Option("nvila-sweep", help="MLflow experiment"),
+    seed: int | None = typer.Option(None, help="seed of every stage that has one"),
+    experiment: str | None = typer.Option(None, help="MLflow experiment (default: sweep.experiment)"),
     params: str = PARAMS_OPT,
 ) -> None:
-    """Pruning sweep: prune, train and evaluate per keep ratio and method; compare accuracy vs training time."""
+    """Pruning sweep: SFT and eval per keep ratio and method on shared pre-training; accuracy vs training time."""
     _enter_project()
     from flows.sweep import pruning_sweep
+    from flows.config import load_sweep_config
+    from tasks.sweep import markdown_table
 
-    rows = pruning_sweep(keep_ratios=[float(r) for r in _split(keep_ratios) or []], methods=_split(methods),
-                         preset=preset, experiment=experiment, params_file=params)
-    for row in rows:
-        typer.echo(f"{row['method']:10s} keep {row['keep_ratio']:<4g} acc_mean {row['acc_mean']:.4f}  "
-                   f"train {row['train_seconds']:.1f} s")
+    ratios = [float(r) for r in _split(keep_ratios)] if keep_ratios else None
+    rows = pruning_sweep(keep_ratios=ratios, methods=_split(methods), preset=preset, seed=seed,
+                         experiment=experiment, params_file=params)
+    typer.echo(markdown_table(rows, load_sweep_config(params).metric, links=False))
 
 
 @pipeline_app.command("serve")

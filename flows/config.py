@@ -41,3 +41,46 @@ def flow_parameters(cfg: PipelineConfig, params: str | Path = DEFAULT_PARAMS) ->
         "keep_ratio": cfg.keep_ratio, "prune_method": cfg.prune_method, "experiment": cfg.experiment,
         "params_file": str(params), "registered_model": cfg.registered_model, "best_metric": cfg.best_metric,
     }
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """The `sweep:` key: the pruning sweep's points and how the SFT stages train at each one.
+
+    The pre-training stages do not read pruned data, so every point shares them; the SFT stages train for a fixed
+    number of epochs (`max_steps` off), so a smaller subset trains in proportionally less time, which is what the
+    sweep compares. Keep ratio 1.0 is the all-data reference (run once: both methods keep everything).
+    """
+
+    keep_ratios: list[float] = dataclasses.field(default_factory=lambda: [1.0, 0.9, 0.7, 0.5])
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["deltaloss", "random"])
+    epochs: dict[str, float] = dataclasses.field(default_factory=lambda: {"image_sft": 5.0, "video_sft": 3.0})
+    experiment: str = "nvila-sweep"  # MLflow experiment of the point runs and the comparison run
+    output_root: str = "runs/sweep"  # each point's SFT models and eval under <output_root>/<method>-<ratio>/
+    metric: str = "acc_mean"  # eval metric plotted against training time
+
+    def validate(self) -> None:
+        """Raise `ValueError` on an empty sweep, a ratio outside (0, 1], an unknown method or a non-SFT stage."""
+        from tasks.routing import RELOCATED
+
+        if not self.keep_ratios or not self.methods:
+            raise ValueError("sweep: keep_ratios and methods must not be empty")
+        bad = [r for r in self.keep_ratios if not 0 < float(r) <= 1]
+        if bad:
+            raise ValueError(f"sweep.keep_ratios: {bad} not in (0, 1]")
+        unknown = sorted(set(self.methods) - {"deltaloss", "random"})
+        if unknown:
+            raise ValueError(f"sweep.methods: unknown {unknown}; choose from ['deltaloss', 'random']")
+        shared = sorted(set(self.epochs) - set(RELOCATED))
+        if shared:
+            raise ValueError(f"sweep.epochs: {shared} are shared by every point (not trained per point); "
+                             f"set epochs for {[s for s in RELOCATED if s.endswith('_sft')]}")
+        if any(float(e) <= 0 for e in self.epochs.values()):
+            raise ValueError(f"sweep.epochs: {self.epochs} must be positive")
+
+
+def load_sweep_config(params: str | Path = DEFAULT_PARAMS, **overrides: Any) -> SweepConfig:
+    """`params.yaml[sweep]` with non-None overrides applied, validated."""
+    cfg = load_config("sweep", SweepConfig, params, {k: v for k, v in overrides.items() if v is not None})
+    cfg.validate()
+    return cfg

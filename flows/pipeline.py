@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 from flows.parts import PARTS, Plan, data_flow, deployment_flow, evaluation_flow, pruning_flow, training_flow
 from nvila_model.params import read_params
 from tasks.report import close_pipeline_run, open_pipeline_run, publish_report, register_model
-from tasks.stages import ORDER
+from tasks.stages import ORDER, spec
 
 Preset = Literal["tiny", "small", "nvila-8b", "nvila-lite-8b"]
 PruneMethod = Literal["deltaloss", "random"]
@@ -40,19 +40,25 @@ def nvila_pipeline(
     registered_model: str = "nvila-{preset}",
     best_metric: str = "acc_mean",
     output_root: str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, str]:
     """Run the selected stages (default all) in pipeline order; unset parameters come from params.yaml.
 
     Returns the output path of each stage that ran, plus `mlflow_run_id`. Tracks one MLflow parent run with a
     child run per stage, publishes the eval metrics as a Prefect artifact,
     and registers the trained (and quantized) model as `registered_model` ("" skips it), moving the `best` alias
-    to the best version by `best_metric`. `output_root` moves the outputs of training and what follows it from
-    `runs/` to another folder (sweep points).
+    to the best version by `best_metric`. `output_root` moves the outputs of the SFT stages and what follows them
+    from `runs/` to another folder (sweep points). `overrides` sets config fields per params key, e.g.
+    `{"image_sft": {"epochs": 5, "max_steps": -1}}`, for every stage that reads the key.
     """
     selected = list(ORDER) if stages == "all" else [s for s in ORDER if s in stages]
+    unknown = sorted(set(overrides or {}) - {key for stage in ORDER for key, _ in spec(stage).keys})
+    if unknown:
+        raise ValueError(f"overrides: no stage reads params key(s) {unknown}")
     preset = preset or read_params(params_file).get("model", {}).get("preset", "tiny")
     values: dict[str, Any] = {"preset": preset, "seed": seed, "datasets": datasets, "keep_ratio": keep_ratio,
-                              "prune_method": prune_method, "output_root": output_root, "stages": selected}
+                              "prune_method": prune_method, "output_root": output_root, "stages": selected,
+                              "overrides": overrides}
     run = open_pipeline_run(experiment, _run_name(), {**values, "params_file": params_file})
     plan = Plan(params_file=params_file, values=values, selected=selected, run=run)
     ok = False

@@ -8,8 +8,9 @@ from typing import Any
 from nvila_model.params import read_params
 from tasks.stages import TRAIN_STAGES, Configs, spec
 
-# Stages whose outputs move under `output_root` (everything trained on the pruned data, and what follows it).
-RELOCATED = (*TRAIN_STAGES, "eval", "finetune", "quantize", "eval_quantized")
+# Stages whose outputs move under `output_root`: the SFT stages (NVILA prunes the SFT data; the three pre-training
+# stages read none of it, so sweep points share them) and everything after them.
+RELOCATED = ("image_sft", "video_sft", "eval", "finetune", "quantize", "eval_quantized")
 
 
 def pruned_manifest(prune: dict[str, Any]) -> str:
@@ -24,9 +25,11 @@ def overrides(stage: str, values: dict[str, Any], params: str | Path) -> Configs
     - `keep_ratio` / `prune_method` -> `prune.keep_ratio` / `prune.method`; a training stage whose params.yaml
       entry names `pruned_manifest` (null: "set by the pipeline") trains on the selected point's `train.jsonl`,
       when this run prunes (`values["stages"]` holds prune) or that file exists.
-    - `output_root` moves the outputs of the training stages and everything after them from `runs/<stage>` to
-      `<output_root>/<stage>` (and their inputs from those stages with them), so sweep points do not overwrite
-      each other.
+    - `overrides` ({params key: {field: value}}, like `dvc exp run -S key.field=value`) applies to every stage
+      that reads that key; a field the key's config class lacks is a ValueError.
+    - `output_root` moves the outputs of the SFT stages and everything after them (`RELOCATED`) from
+      `runs/<stage>` to `<output_root>/<stage>` (and their inputs from those stages with them), so sweep points do
+      not overwrite each other.
     """
     adapter = spec(stage)
     out: Configs = {}
@@ -47,6 +50,13 @@ def overrides(stage: str, values: dict[str, Any], params: str | Path) -> Configs
         selected = pruned_manifest(spec("prune").load(params, {"prune": pruning})["prune"])
         if "prune" in values.get("stages", ()) or Path(selected).is_file():
             put(stage, "pruned_manifest", selected)
+    for key, fields in (values.get("overrides") or {}).items():
+        if key not in dict(adapter.keys):
+            continue
+        unknown = sorted(set(fields) - adapter.fields(key))
+        if unknown:
+            raise ValueError(f"pipeline overrides: {key} has no field(s) {unknown}")
+        out[key] = {**out.get(key, {}), **fields}
     if values.get("output_root") and stage in RELOCATED:
         own = spec(stage).load(params, out)[adapter.key]
         for field, value in own.items():

@@ -15,7 +15,7 @@ SHIPPED = [REPO / "params.yaml", *sorted((REPO / "configs/recipes").glob("*.yaml
 
 
 def config_classes() -> dict[str, type]:
-    from flows.config import PipelineConfig
+    from flows.config import PipelineConfig, SweepConfig
     from nvila_model.data.generate import GenerateConfig
     from nvila_model.data.registry import DatasetsConfig
     from nvila_model.data.validate import ValidateConfig
@@ -28,7 +28,7 @@ def config_classes() -> dict[str, type]:
     classes = {"model": ModelParams, "datasets": DatasetsConfig, "generate": GenerateConfig,
                "validate": ValidateConfig, "tokenizer": TokenizerConfig, "score": ScoreConfig,
                "prune": PruneConfig, "eval": EvalConfig, "finetune": FinetuneConfig, "quantize": QuantizeConfig,
-               "pipeline": PipelineConfig}
+               "pipeline": PipelineConfig, "sweep": SweepConfig}
     return classes | {stage: StageConfig for stage in STAGES}
 
 
@@ -43,6 +43,8 @@ def test_every_key_of_every_shipped_params_file_loads(path):
             cfg = load_config(key, classes[key], path)
             if isinstance(cfg, StageConfig):
                 cfg.validate(key)
+            elif callable(getattr(cfg, "validate", None)):
+                cfg.validate()
     model = load_config("model", ModelParams, path)
     assert build_config(model.preset, **model.overrides).tokens_per_tile > 0
 

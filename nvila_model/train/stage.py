@@ -178,5 +178,6 @@ def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]],
     (out / "log_history.json").write_text(json.dumps(callback.history, indent=2))
     init_inputs = {"init_from": cfg.init_from} if cfg.init_from else {"tokenizer": cfg.tokenizer_dir}
     write_stage_manifest(out, stage, asdict(cfg), inputs={**inputs, **init_inputs}, precision=precision)
-    tracker.log_metrics({"train_seconds": elapsed, "final_loss": result.training_loss})
+    tracker.log_metrics({"train_seconds": elapsed, "final_loss": result.training_loss,
+                         "global_steps": trainer.state.global_step, "num_train_records": len(records)})
     return out
