@@ -81,8 +81,8 @@ def sweep(
 ) -> None:
     """Pruning sweep: SFT and eval per keep ratio and method on shared pre-training; accuracy vs training time."""
     _enter_project()
-    from flows.sweep import pruning_sweep
     from flows.config import load_sweep_config
+    from flows.sweep import pruning_sweep
     from tasks.sweep import markdown_table
 
     ratios = [float(r) for r in _split(keep_ratios)] if keep_ratios else None

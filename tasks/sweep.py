@@ -57,7 +57,8 @@ def comparison_rows(points: list[dict[str, Any]], metric: str = "acc_mean") -> l
 
 def markdown_table(rows: list[dict[str, Any]], metric: str = "acc_mean", links: bool = True) -> str:
     """The comparison as a Markdown table (MLflow run links when `links`)."""
-    head = f"| method | keep ratio | {metric} | vs all data | chance | SFT seconds | vs all data | SFT steps | records |"
+    head = (f"| method | keep ratio | {metric} | vs all data | chance | SFT seconds | vs all data | SFT steps "
+            "| records |")
     lines = [head + (" MLflow run |" if links else ""), "|---" * (9 + links) + "|"]
     for r in rows:
         cells = [r["method"], f"{r['keep_ratio']:g}", f"{r[metric]:.4f}", f"{r[f'{metric}_vs_all_data']:+.4f}",

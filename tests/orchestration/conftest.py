@@ -40,3 +40,26 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(root / ".prefect" / "storage"))
     return root
+
+
+def _latest_artifact(key: str) -> str | None:
+    """The newest Prefect artifact with `key` (its markdown), from the API of the running test harness."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def read() -> str | None:
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                                sort=ArtifactSort.CREATED_DESC, limit=1)
+            return str(found[0].data) if found else None
+
+    return asyncio.run(read())
+
+
+@pytest.fixture()
+def latest_artifact():
+    """`latest_artifact(key)`: the newest Prefect artifact with that key, or None (call inside the harness)."""
+    return _latest_artifact

@@ -64,3 +64,48 @@ def test_dvc_repro_in_fresh_clone(tmp_path: Path) -> None:
 
     _sh(["dvc", "push", TARGET], clone, env)  # the default remote is local: push works offline
     assert any((clone / ".dvc_remote").rglob("*")), "nothing pushed to the local remote"
+
+
+SHRINK = {
+    "generate": {"scale": 0.2},
+    "score": {"bootstrap": {"small_steps": 2, "large_steps": 2, "share": 0.05}},
+    **{stage: {"max_steps": 15, "logging_steps": 5} for stage in
+       ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")},
+    "eval": {"limit_per_subset": 2},
+}
+PRETRAINING = ("score", "projector_init", "vision_pretrain", "token_pretrain")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    return {**base, **{k: _merge(base.get(k) or {}, v) if isinstance(v, dict) else v for k, v in extra.items()}}
+
+
+def test_dvc_exp_run_trains_one_sweep_point(tmp_path: Path) -> None:
+    """`dvc repro eval` end to end (shrunk), then `dvc exp run -S prune.keep_ratio=0.5` re-runs the prune point,
+    the SFT stages and eval only, and the SFT stages read the keep-0.5 subset."""
+    import json
+
+    import yaml
+
+    clone = _clone(tmp_path / "clone")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(clone),
+           "NVILA_PROJECT_DIR": str(clone), "DVC_NO_ANALYTICS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "XDG_CONFIG_HOME": str(tmp_path / "config"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "2"}
+    params = clone / "params.yaml"
+    params.write_text(yaml.safe_dump(_merge(yaml.safe_load(params.read_text()), SHRINK), sort_keys=False))
+    _sh(["git", "commit", "-qam", "shrink the pipeline for the test"], clone, env)
+
+    first = _sh(["dvc", "repro", "eval"], clone, env)
+    for stage in (*PRETRAINING, "prune", "image_sft", "video_sft", "eval"):
+        assert f"Running stage '{stage}'" in first, stage
+    assert json.loads((clone / "runs/eval/metrics.json").read_text())["acc_mean"] >= 0.0
+
+    point = _sh(["dvc", "exp", "run", "-S", "prune.keep_ratio=0.5", "eval"], clone, env)
+    for stage in ("prune", "image_sft", "video_sft", "eval"):
+        assert f"Running stage '{stage}'" in point, f"{stage} should re-run:\n{point}"
+    for stage in PRETRAINING:
+        assert f"Running stage '{stage}'" not in point, f"{stage} should be skipped:\n{point}"
+    meta = json.loads((clone / "runs/image_sft/meta.json").read_text())
+    assert meta["inputs"]["pruned"]["path"] == "data/pruned/deltaloss-0.5/train.jsonl"

@@ -50,7 +50,7 @@ def _landed() -> list[str]:
     return prefix
 
 
-def test_pipeline_flow_tiny(project: Path) -> None:
+def test_pipeline_flow_tiny(project: Path, latest_artifact) -> None:
     from mlflow.tracking import MlflowClient
     from prefect.testing.utilities import prefect_test_harness
 
@@ -63,7 +63,7 @@ def test_pipeline_flow_tiny(project: Path) -> None:
     with prefect_test_harness(server_startup_timeout=120):
         result = nvila_pipeline(stages=stages, preset="tiny")
         again = nvila_pipeline(stages=stages, preset="tiny")
-        artifact = _latest_artifact()
+        artifact = latest_artifact("nvila-eval")
 
     for stage in stages:
         assert Path(result[stage]).exists(), f"{stage}: no output at {result[stage]}"
@@ -87,21 +87,3 @@ def test_pipeline_flow_tiny(project: Path) -> None:
         assert "plots/accuracy_per_subset.png" in artifacts and "plots/loss_curves.png" in artifacts
         version = client.get_model_version_by_alias("nvila-tiny", "best")
         assert version.run_id in {result["mlflow_run_id"], again["mlflow_run_id"]}
-
-
-def _latest_artifact() -> str | None:
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    async def read() -> str | None:
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["nvila-eval"])),
-                sort=ArtifactSort.CREATED_DESC, limit=1,
-            )
-            return str(found[0].data) if found else None
-
-    return asyncio.run(read())

@@ -38,6 +38,8 @@ def test_dvc_stages_match_the_adapters() -> None:
         prune_point = sorted(p for p in stage["params"] if p.startswith("prune."))
         if "--pruned-manifest" in stage["cmd"]:
             assert prune_point == ["prune.keep_ratio", "prune.method"], name
+        elif name in TRAIN_STAGES:  # pre-training reads no pruned data: a new keep ratio must not re-run it
+            assert "data/pruned" not in stage["deps"] and not prune_point, name
         own = sorted(p for p in stage["params"] if not p.startswith("prune."))
         assert own == sorted(k for k, _ in adapter.keys), f"{name}: params"
         if name != "eval_quantized":
