@@ -19,19 +19,34 @@ def deployment_parameters(cfg: PipelineConfig, params: str | Path) -> dict[str, 
     return {k: v for k, v in flow_parameters(cfg, params).items() if v is not None}
 
 
+SWEEP_DEPLOYMENT = "nvila-sweep"
+
+
 def serve_pipeline(params: str | Path = "params.yaml", name: str | None = None, cron: str | None = None,
                    parameters: dict[str, object] | None = None) -> None:
-    """Register the pipeline deployment (cron schedule from params.yaml) and run it when triggered; blocks."""
+    """Serve the pipeline deployment (cron schedule from params.yaml) and the pruning-sweep deployment (no
+    schedule; settings from the `sweep:` key), each run when triggered from the UI or the API; blocks."""
+    from prefect import serve
+
+    from flows.sweep import pruning_sweep
+
     cfg = load_pipeline_config(params)
-    nvila_pipeline.serve(
+    pipeline = nvila_pipeline.to_deployment(
         name=name or cfg.deployment,
         schedules=[Cron(cron or cfg.cron, timezone=cfg.timezone)],
         parameters={**deployment_parameters(cfg, params), **(parameters or {})},
         description="NVILA pipeline: data, DeltaLoss pruning, five-stage training, eval, fine-tune, quantize.",
         tags=["nvila"],
-        limit=1,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    sweep = pruning_sweep.to_deployment(
+        name=SWEEP_DEPLOYMENT,
+        parameters={"params_file": str(params)},
+        description="DeltaLoss pruning sweep: SFT and eval per keep ratio and method, accuracy vs training time.",
+        tags=["nvila"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    serve(pipeline, sweep, limit=1)
 
 
 def run_ui(prefect_port: int = 4200, mlflow_port: int = 5000, params: str | Path = "params.yaml") -> None:

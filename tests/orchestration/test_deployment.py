@@ -47,6 +47,7 @@ def test_served_deployment_runs(project: Path, tmp_path: Path, monkeypatch: pyte
             start_new_session=True,
         )
         asyncio.run(_wait_for_deployment(DEPLOYMENT, 120))
+        asyncio.run(_wait_for_deployment("pruning-sweep/nvila-sweep", 30))  # served beside it, triggered on demand
 
         from prefect.deployments import run_deployment
 
