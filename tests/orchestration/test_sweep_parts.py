@@ -1,4 +1,8 @@
-"""The pruning sweep's pieces: its config, its points, the per-stage overrides it routes, and the comparison."""
+"""The pruning sweep's pieces: its config, its points, the per-stage overrides it routes, and the comparison.
+
+Flow modules are imported inside the tests: importing them at collection sets up Prefect's client settings
+before the deployment test points them at its own server.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,22 @@ from pathlib import Path
 import pytest
 
 from flows.config import SweepConfig, load_sweep_config
-from flows.sweep import SFT, SHARED, sweep_points
 from tasks.routing import overrides
-from tasks.sweep import comparison_rows, markdown_table, plot
+
+SFT = ("image_sft", "video_sft")
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = REPO / "params.yaml"
 
 
 def test_points_put_the_all_data_reference_first_and_once() -> None:
+    from flows.sweep import SFT as SWEEP_SFT
+    from flows.sweep import SHARED, sweep_points
+
     points = sweep_points([0.5, 1.0, 0.9, 0.5], ["deltaloss", "random"])
     assert points == [("all-data", 1.0), ("deltaloss", 0.9), ("deltaloss", 0.5), ("random", 0.9), ("random", 0.5)]
     assert sweep_points([0.7], ["random"]) == [("random", 0.7)]
-    assert set(SFT) == {"image_sft", "video_sft"} and "token_pretrain" in SHARED and "prune" in SHARED
+    assert SWEEP_SFT == SFT and "token_pretrain" in SHARED and "prune" in SHARED
 
 
 def test_sweep_config_loads_and_rejects_bad_settings() -> None:
@@ -75,6 +82,8 @@ def _point(root: Path, name: str, method: str, ratio: float, acc: float, seconds
 
 
 def test_comparison_rows_are_relative_to_the_all_data_point(tmp_path: Path) -> None:
+    from tasks.sweep import comparison_rows, markdown_table, plot
+
     points = [_point(tmp_path, "all", "all-data", 1.0, 0.6, [30.0, 10.0]),
               _point(tmp_path, "d5", "deltaloss", 0.5, 0.55, [15.0, 5.0]),
               _point(tmp_path, "r5", "random", 0.5, 0.5, [16.0, 4.0])]
@@ -92,6 +101,8 @@ def test_comparison_rows_are_relative_to_the_all_data_point(tmp_path: Path) -> N
 
 
 def test_comparison_names_the_point_with_missing_outputs(tmp_path: Path) -> None:
+    from tasks.sweep import comparison_rows
+
     point = _point(tmp_path, "d5", "deltaloss", 0.5, 0.55, [15.0, 5.0])
     with pytest.raises(ValueError, match="no 'acc_foo' in metrics.json of point deltaloss-0.5"):
         comparison_rows([point], metric="acc_foo")
