@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from nvila_model.data import cli as data_cli
@@ -23,5 +26,19 @@ except ImportError as exc:  # pragma: no cover - only while flows/commands.py is
 else:
     flow_commands.register(app)
 
+
+
+def main() -> None:
+    """The `nvila` console script: a bad input (ValueError naming the file or setting and the problem) prints as
+    one line and exits 2; NVILA_DEBUG=1 shows the traceback."""
+    try:
+        app()
+    except ValueError as exc:
+        if os.environ.get("NVILA_DEBUG") == "1":
+            raise
+        typer.echo(f"nvila: error: {exc}", err=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -40,17 +40,20 @@ def run(
     keep_ratio: float | None = typer.Option(None, help="DeltaLoss keep ratio (prune.keep_ratio)"),
     prune_method: str | None = typer.Option(None, help="deltaloss | random (prune.method)"),
     experiment: str | None = typer.Option(None, help="MLflow experiment (default: pipeline.experiment)"),
+    set_: list[str] = typer.Option([], "--set", help="KEY.FIELD=VALUE config override, e.g. "
+                                   "image_sft.epochs=5 (repeatable; VALUE is YAML)"),
     params: str = PARAMS_OPT,
 ) -> None:
     """Run the full pipeline now (ephemeral Prefect API unless PREFECT_API_URL is set; embedded MLflow)."""
     root = _enter_project()
-    from flows.config import flow_parameters, load_pipeline_config
+    from flows.config import flow_parameters, load_pipeline_config, parse_overrides
     from flows.pipeline import nvila_pipeline
 
     cfg = load_pipeline_config(params, preset=preset, stages=_split(stages), datasets=_split(datasets), seed=seed,
                                keep_ratio=keep_ratio, prune_method=prune_method, experiment=experiment)
+    overrides = parse_overrides(set_)
     start = time.monotonic()
-    result = nvila_pipeline(**flow_parameters(cfg, params))
+    result = nvila_pipeline(**flow_parameters(cfg, params), overrides=overrides or None)
     _print_summary(root, result, time.monotonic() - start)
 
 

@@ -84,3 +84,21 @@ def load_sweep_config(params: str | Path = DEFAULT_PARAMS, **overrides: Any) -> 
     cfg = load_config("sweep", SweepConfig, params, {k: v for k, v in overrides.items() if v is not None})
     cfg.validate()
     return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`["image_sft.epochs=5", "image_sft.max_steps=-1"]` -> `{"image_sft": {"epochs": 5, "max_steps": -1}}`.
+
+    Values are YAML (`5`, `0.5`, `true`, `[a, b]`, `{r: 8}`), as in params.yaml; a field holding a mapping is
+    replaced whole.
+    """
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        key, dot, field = target.strip().partition(".")
+        if not sep or not dot or not key or not field or "." in field:
+            raise ValueError(f"--set {item!r}: expected KEY.FIELD=VALUE, e.g. image_sft.epochs=5")
+        out.setdefault(key, {})[field] = yaml.safe_load(value)
+    return out

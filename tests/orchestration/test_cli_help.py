@@ -27,3 +27,19 @@ def test_every_command_has_help() -> None:
         assert result.exit_code == 0, f"nvila {' '.join(path)} --help: {result.output}"
         assert "Usage" in result.output
     assert ("pipeline", "run") in paths and ("ui",) in paths
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch) -> None:
+    import pytest
+
+    from flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["nvila", "prune", "--params", "missing.yaml"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == "nvila: error: missing.yaml: params file not found"
+    monkeypatch.setenv("NVILA_DEBUG", "1")
+    with pytest.raises(ValueError, match="params file not found"):
+        main()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import SweepConfig, load_sweep_config
+from flows.config import SweepConfig, load_sweep_config, parse_overrides
 from tasks.routing import overrides
 
 SFT = ("image_sft", "video_sft")
@@ -51,6 +51,14 @@ def test_pipeline_overrides_reach_every_stage_reading_the_key() -> None:
     assert overrides("token_pretrain", values, PARAMS)["model"] == {"preset": "small"}
     with pytest.raises(ValueError, match=r"image_sft has no field\(s\) \['epoch'\]"):
         overrides("image_sft", {"overrides": {"image_sft": {"epoch": 2}}}, PARAMS)
+
+
+def test_set_options_parse_into_per_key_overrides() -> None:
+    assert parse_overrides(["image_sft.epochs=5", "image_sft.max_steps=-1", "prune.methods=[random]"]) == {
+        "image_sft": {"epochs": 5, "max_steps": -1}, "prune": {"methods": ["random"]}}
+    for bad in ("image_sft.epochs", "epochs=5", "score.bootstrap.share=0.1", ".x=1"):
+        with pytest.raises(ValueError, match="expected KEY.FIELD=VALUE"):
+            parse_overrides([bad])
 
 
 def test_pipeline_refuses_overrides_no_stage_reads() -> None:
