@@ -17,12 +17,13 @@ pytestmark = pytest.mark.timeout(420)
 DEPLOYMENT = "nvila-pipeline/test-deployment"
 
 
-async def _wait_for_deployment(name: str, timeout: float) -> None:
+async def _wait_for_deployment(name: str, timeout: float, api: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     deadline = time.monotonic() + timeout
     async with get_client() as client:
+        assert str(client.api_url).rstrip("/") == api, f"client talks to {client.api_url}, not the test server"
         while time.monotonic() < deadline:
             try:
                 await client.read_deployment_by_name(name)
@@ -46,12 +47,16 @@ def test_served_deployment_runs(project: Path, tmp_path: Path, monkeypatch: pyte
             env={**os.environ}, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        asyncio.run(_wait_for_deployment(DEPLOYMENT, 120))
-        asyncio.run(_wait_for_deployment("pruning-sweep/nvila-sweep", 30))  # served beside it, triggered on demand
-
+        # Prefect read its settings when it was first imported (at collection); point this process's client
+        # at the test server explicitly, not through the environment alone.
         from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        flow_run = run_deployment(DEPLOYMENT, parameters={"stages": []}, timeout=240)
+        api = env["PREFECT_API_URL"]
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            asyncio.run(_wait_for_deployment(DEPLOYMENT, 120, api))
+            asyncio.run(_wait_for_deployment("pruning-sweep/nvila-sweep", 30, api))  # served beside it
+            flow_run = run_deployment(DEPLOYMENT, parameters={"stages": []}, timeout=240)
         assert flow_run.state is not None and flow_run.state.is_completed(), (
             f"{flow_run.state}\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
         )
