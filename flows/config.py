@@ -61,6 +61,7 @@ class SweepConfig:
 
     def validate(self) -> None:
         """Raise `ValueError` on an empty sweep, a ratio outside (0, 1], an unknown method or a non-SFT stage."""
+        from nvila_model.deltaloss.config import PRUNE_METHODS
         from tasks.routing import RELOCATED
 
         if not self.keep_ratios or not self.methods:
@@ -68,9 +69,9 @@ class SweepConfig:
         bad = [r for r in self.keep_ratios if not 0 < float(r) <= 1]
         if bad:
             raise ValueError(f"sweep.keep_ratios: {bad} not in (0, 1]")
-        unknown = sorted(set(self.methods) - {"deltaloss", "random"})
+        unknown = sorted(set(self.methods) - set(PRUNE_METHODS))
         if unknown:
-            raise ValueError(f"sweep.methods: unknown {unknown}; choose from ['deltaloss', 'random']")
+            raise ValueError(f"sweep.methods: unknown {unknown}; choose from {list(PRUNE_METHODS)}")
         shared = sorted(set(self.epochs) - set(RELOCATED))
         if shared:
             raise ValueError(f"sweep.epochs: {shared} are shared by every point (not trained per point); "

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks.routing import overrides as route
 from tasks.routing import relocate
 from tasks.stage_task import RunContext, record_cached_stage, run_stage, still_valid
-from tasks.stages import Configs, spec
+from tasks.stages import Configs, merge_configs, spec
 
 PARTS: dict[str, tuple[str, ...]] = {
     "data": ("generate", "validate", "tokenizer"),
@@ -37,9 +37,7 @@ def step(stage: str, plan: Plan, extra: Configs | None = None) -> str | None:
     """Run `stage` if selected; a cache hit whose output was since deleted or rewritten is recomputed."""
     if stage not in plan.selected:
         return None
-    overrides = route(stage, plan.values, plan.params_file)
-    for key, values in (extra or {}).items():
-        overrides[key] = {**overrides.get(key, {}), **values}
+    overrides = merge_configs(route(stage, plan.values, plan.params_file), extra)
     config = spec(stage).load(plan.params_file, overrides)
     state = run_stage(stage, config, plan.run, return_state=True)
     result = state.result()

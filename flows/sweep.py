@@ -10,18 +10,11 @@ from prefect import flow
 from flows.config import load_sweep_config
 from flows.pipeline import Preset, PruneMethod, nvila_pipeline
 from tasks.routing import RELOCATED, pruned_manifest
-from tasks.stages import TRAIN_STAGES, spec
+from tasks.stages import TRAIN_STAGES, merge_configs, spec
 from tasks.sweep import REFERENCE, compare_points
 
 SFT = tuple(s for s in TRAIN_STAGES if s in RELOCATED)  # the stages that train on the pruned subset
 SHARED = ("generate", "validate", "tokenizer", "score", "prune", *(s for s in TRAIN_STAGES if s not in SFT))
-
-
-def _merge(base: dict[str, dict[str, Any]] | None, extra: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    merged = {key: dict(fields) for key, fields in (base or {}).items()}
-    for key, fields in extra.items():
-        merged[key] = {**merged.get(key, {}), **fields}
-    return merged
 
 
 def sweep_points(keep_ratios: list[float], methods: list[str]) -> list[tuple[str, float]]:
@@ -59,9 +52,9 @@ def pruning_sweep(
     common: dict[str, Any] = {"preset": preset, "seed": seed, "experiment": cfg.experiment,
                               "params_file": params_file, "registered_model": ""}
     prune = {"keep_ratios": sorted({float(r) for r in cfg.keep_ratios}, reverse=True), "methods": cfg.methods}
-    nvila_pipeline(stages=list(SHARED), overrides=_merge(overrides, {"prune": prune}), **common)
+    nvila_pipeline(stages=list(SHARED), overrides=merge_configs(overrides, {"prune": prune}), **common)
 
-    per_point = _merge(overrides, {stage: {"epochs": float(cfg.epochs[stage]), "max_steps": -1}
+    per_point = merge_configs(overrides, {stage: {"epochs": float(cfg.epochs[stage]), "max_steps": -1}
                                    for stage in SFT if stage in cfg.epochs})
     prune_cfg = spec("prune").load(params_file, {"prune": (overrides or {}).get("prune", {})})["prune"]
     results = []

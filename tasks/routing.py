@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from nvila_model.params import read_params
-from tasks.stages import TRAIN_STAGES, Configs, spec
+from tasks.stages import TRAIN_STAGES, Configs, merge_configs, spec
 
 # Stages whose outputs move under `output_root`: the SFT stages (NVILA prunes the SFT data; the three pre-training
 # stages read none of it, so sweep points share them) and everything after them.
@@ -50,13 +50,12 @@ def overrides(stage: str, values: dict[str, Any], params: str | Path) -> Configs
         selected = pruned_manifest(spec("prune").load(params, {"prune": pruning})["prune"])
         if "prune" in values.get("stages", ()) or Path(selected).is_file():
             put(stage, "pruned_manifest", selected)
-    for key, fields in (values.get("overrides") or {}).items():
-        if key not in dict(adapter.keys):
-            continue
+    own = {key: fields for key, fields in (values.get("overrides") or {}).items() if key in dict(adapter.keys)}
+    for key, fields in own.items():
         unknown = sorted(set(fields) - adapter.fields(key))
         if unknown:
             raise ValueError(f"pipeline overrides: {key} has no field(s) {unknown}")
-        out[key] = {**out.get(key, {}), **fields}
+    out = merge_configs(out, own)
     if values.get("output_root") and stage in RELOCATED:
         own = spec(stage).load(params, out)[adapter.key]
         for field, value in own.items():

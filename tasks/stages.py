@@ -26,6 +26,14 @@ DATASETS = ("datasets", "nvila_model.data.registry:DatasetsConfig")
 Configs = dict[str, dict[str, Any]]
 
 
+def merge_configs(base: Configs | None, extra: Configs | None) -> Configs:
+    """`base` with each key's fields updated by `extra`'s (a new dict; fields are replaced, not deep-merged)."""
+    merged = {key: dict(fields) for key, fields in (base or {}).items()}
+    for key, fields in (extra or {}).items():
+        merged[key] = {**merged.get(key, {}), **fields}
+    return merged
+
+
 def _obj(dotted: str) -> Any:
     """Import `package.module:attr`."""
     module, _, attr = dotted.partition(":")

@@ -63,3 +63,19 @@ def _latest_artifact(key: str) -> str | None:
 def latest_artifact():
     """`latest_artifact(key)`: the newest Prefect artifact with that key, or None (call inside the harness)."""
     return _latest_artifact
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    return {**base, **{k: _deep_merge(base.get(k) or {}, v) if isinstance(v, dict) else v for k, v in extra.items()}}
+
+
+def _shrink_params(path: Path, extra: dict) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(_deep_merge(yaml.safe_load(path.read_text()), extra), sort_keys=False))
+
+
+@pytest.fixture()
+def shrink_params():
+    """`shrink_params(path, extra)`: deep-merge `extra` into the params file at `path` (smaller corpus, steps)."""
+    return _shrink_params

@@ -76,16 +76,11 @@ SHRINK = {
 PRETRAINING = ("score", "projector_init", "vision_pretrain", "token_pretrain")
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    return {**base, **{k: _merge(base.get(k) or {}, v) if isinstance(v, dict) else v for k, v in extra.items()}}
-
-
-def test_dvc_exp_run_trains_one_sweep_point(tmp_path: Path) -> None:
+def test_dvc_exp_run_trains_one_sweep_point(tmp_path: Path, shrink_params) -> None:
     """`dvc repro eval` end to end (shrunk), then `dvc exp run -S prune.keep_ratio=0.5` re-runs the prune point,
     the SFT stages and eval only, and the SFT stages read the keep-0.5 subset."""
     import json
 
-    import yaml
 
     clone = _clone(tmp_path / "clone")
     bin_dir = Path(sys.executable).parent
@@ -94,7 +89,7 @@ def test_dvc_exp_run_trains_one_sweep_point(tmp_path: Path) -> None:
            "XDG_CONFIG_HOME": str(tmp_path / "config"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "2"}
     params = clone / "params.yaml"
-    params.write_text(yaml.safe_dump(_merge(yaml.safe_load(params.read_text()), SHRINK), sort_keys=False))
+    shrink_params(params, SHRINK)
     _sh(["git", "commit", "-qam", "shrink the pipeline for the test"], clone, env)
 
     first = _sh(["dvc", "repro", "eval"], clone, env)

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -30,15 +29,6 @@ SMOKE = {
 }
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    return {**base, **{k: _merge(base.get(k) or {}, v) if isinstance(v, dict) else v for k, v in extra.items()}}
-
-
-def _shrink(params: Path) -> None:
-    if os.environ.get("NVILA_E2E_FULL") != "1":
-        params.write_text(yaml.safe_dump(_merge(yaml.safe_load(params.read_text()), SMOKE), sort_keys=False))
-
-
 def _landed() -> list[str]:
     from tasks.stages import ORDER, available
 
@@ -50,7 +40,7 @@ def _landed() -> list[str]:
     return prefix
 
 
-def test_pipeline_flow_tiny(project: Path, latest_artifact) -> None:
+def test_pipeline_flow_tiny(project: Path, latest_artifact, shrink_params) -> None:
     from mlflow.tracking import MlflowClient
     from prefect.testing.utilities import prefect_test_harness
 
@@ -59,7 +49,8 @@ def test_pipeline_flow_tiny(project: Path, latest_artifact) -> None:
     stages = _landed()
     if not stages:
         pytest.skip("no stage entry point has landed yet")
-    _shrink(project / "params.yaml")
+    if os.environ.get("NVILA_E2E_FULL") != "1":
+        shrink_params(project / "params.yaml", SMOKE)
     with prefect_test_harness(server_startup_timeout=120):
         result = nvila_pipeline(stages=stages, preset="tiny")
         again = nvila_pipeline(stages=stages, preset="tiny")

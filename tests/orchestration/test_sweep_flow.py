@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -27,18 +26,14 @@ SHRINK = {
 }
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    return {**base, **{k: _merge(base.get(k) or {}, v) if isinstance(v, dict) else v for k, v in extra.items()}}
-
-
-def test_sweep_flow_tiny(project: Path, latest_artifact) -> None:
+def test_sweep_flow_tiny(project: Path, latest_artifact, shrink_params) -> None:
     from mlflow.tracking import MlflowClient
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.sweep import pruning_sweep
 
     params = project / "params.yaml"
-    params.write_text(yaml.safe_dump(_merge(yaml.safe_load(params.read_text()), SHRINK), sort_keys=False))
+    shrink_params(params, SHRINK)
     with prefect_test_harness(server_startup_timeout=120):
         rows = pruning_sweep(preset="tiny")
         artifact = latest_artifact("nvila-pruning-sweep")
