@@ -9,13 +9,14 @@ import typer
 
 from nvila_model.data import cli as data_cli
 from nvila_model.deltaloss import cli as deltaloss_cli
+from nvila_model.official import cli as official_cli
 from nvila_model.quant import cli as quant_cli
 from nvila_model.train import cli as train_cli
 
 app = typer.Typer(help="NVILA pipeline: data, DeltaLoss pruning, five-stage training, fine-tuning, deployment.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
-for module in (data_cli, train_cli, deltaloss_cli, quant_cli):
+for module in (data_cli, train_cli, deltaloss_cli, quant_cli, official_cli):
     module.register(app)
 
 try:  # the orchestration commands (`nvila pipeline ...`, `nvila ui`) live with the flows
