@@ -76,7 +76,8 @@ def _projector_state(kind: str, c: int, d: int, gen: torch.Generator) -> dict[st
     return state
 
 
-def write_official(root: Path, variant: str = "s2_2x2_pool2", **top_overrides: Any) -> Path:
+def write_official(root: Path, variant: str = "s2_2x2_pool2", tie_word_embeddings: bool = False,
+                   **top_overrides: Any) -> Path:
     """A tiny released-layout checkpoint: llm/ (Qwen2 + tokenizer), vision_tower/ (SigLIP, 20 px, 5x5 patches),
     mm_projector/, config.json. `top_overrides` replace top-level config.json fields."""
     spec, gen = VARIANTS[variant], torch.Generator().manual_seed(7)
@@ -84,8 +85,8 @@ def write_official(root: Path, variant: str = "s2_2x2_pool2", **top_overrides: A
     tokenizer = official_tokenizer()
     text = Qwen2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        intermediate_size=96, vocab_size=len(tokenizer) + 8, max_position_embeddings=4096,
-                       rope_parameters={"rope_type": "default", "rope_theta": 12345.0}, tie_word_embeddings=False,
-                       eos_token_id=2, pad_token_id=0)
+                       rope_parameters={"rope_type": "default", "rope_theta": 12345.0},
+                       tie_word_embeddings=tie_word_embeddings, eos_token_id=2, pad_token_id=0)
     Qwen2ForCausalLM(text).save_pretrained(root / "llm")
     llm_cfg = _legacy_json(root / "llm" / "config.json", {"torch_dtype": "float32"})
     tokenizer.save_pretrained(root / "llm")

@@ -12,7 +12,7 @@ from official_fixture import write_official
 from PIL import Image
 from reference_nvila import ReferenceNVILA
 from safetensors import safe_open
-from test_official_import import QUESTION_IMAGE, QUESTION_VIDEO, _frames, _image, our_logits
+from test_official_import import QUESTION_IMAGE, QUESTION_VIDEO, _frames, _image, load_ours, our_logits
 
 from nvila_model.modeling import NVILAForConditionalGeneration
 from nvila_model.official import export_official, import_official
@@ -53,7 +53,8 @@ def test_import_export_import_reproduces_logits_exactly(round_trip, media):
     first, _, second = round_trip
     kwargs = {"images": [_image()]} if media == "image" else {"video": _frames()}
     question = QUESTION_IMAGE if media == "image" else QUESTION_VIDEO
-    assert torch.equal(our_logits(first, question, **kwargs), our_logits(second, question, **kwargs))
+    assert torch.equal(our_logits(load_ours(first), question, **kwargs),
+                       our_logits(load_ours(second), question, **kwargs))
 
 
 def test_export_has_the_official_layout(round_trip):
@@ -79,10 +80,11 @@ def test_reference_computes_our_logits_from_a_scratch_export(scratch_export, tok
     assert {"<image>", "<vila/video>", "<vila/sentinel>"} <= {t["content"] for t in vocab}
     reference = ReferenceNVILA(exported)
     image = _image((90, 40))
-    torch.testing.assert_close(our_logits(ckpt, QUESTION_IMAGE, images=[image]),
+    ours = load_ours(ckpt)
+    torch.testing.assert_close(our_logits(ours, QUESTION_IMAGE, images=[image]),
                                reference.logits(QUESTION_IMAGE, image=image), atol=2e-5, rtol=1e-4)
     frames = np.random.default_rng(2).integers(0, 255, (8, 40, 36, 3), dtype=np.uint8)
-    torch.testing.assert_close(our_logits(ckpt, QUESTION_VIDEO, video=frames),
+    torch.testing.assert_close(our_logits(ours, QUESTION_VIDEO, video=frames),
                                reference.logits(QUESTION_VIDEO, frames=[Image.fromarray(f) for f in frames]),
                                atol=2e-5, rtol=1e-4)
 
@@ -96,3 +98,18 @@ def test_export_refuses_what_the_reference_can_not_express(tmp_path, tokenizer):
     (tmp_path / "ckpt" / "meta.json").write_text(json.dumps({"kind": "quantized"}))
     with pytest.raises(ValueError, match="quantized"):
         export_official(tmp_path / "ckpt", tmp_path / "out")
+
+
+def test_cli_import_then_export(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    src = write_official(tmp_path / "src", "plain_3x3")
+    runner = CliRunner()
+    imported = runner.invoke(app, ["import", str(src), str(tmp_path / "ours")])
+    assert imported.exit_code == 0 and f"wrote {tmp_path / 'ours'}" in imported.output, imported.output
+    exported = runner.invoke(app, ["export", str(tmp_path / "ours"), str(tmp_path / "back")])
+    assert exported.exit_code == 0 and (tmp_path / "back" / "mm_projector" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "back" / "mm_projector" / "config.json").read_text())["mm_projector_type"] == \
+        "mlp_downsample_3x3_fix"
