@@ -28,6 +28,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # NVILA-Lite-like without S2: 3x3 STC (5 -> 6 padding), a positive feature layer, no pooling
     "plain_3x3": dict(projector="mlp_downsample_3x3_fix", dynamic_s2=False, aspect="resize", select=1,
                       video_encoder={"_target_": "llava.model.encoders.BasicVideoEncoder"}),
+    # VILA-1.5-like: no token compression
+    "plain_mlp2x": dict(projector="mlp2x_gelu", dynamic_s2=False, aspect="resize", select=-2,
+                        video_encoder={"_target_": "llava.model.encoders.BasicVideoEncoder"}),
     # the video SFT stage: S2-width projector, images resized to one tile
     "s2_resize_2x2fix": dict(projector="mlp_downsample_2x2_fix", dynamic_s2=True, aspect="resize", select=-1,
                              video_encoder={"_target_": "llava.model.encoders.BasicVideoEncoder"}),
@@ -61,7 +64,9 @@ def _legacy_json(path: Path, extra: dict[str, Any]) -> dict[str, Any]:
 
 def _projector_state(kind: str, c: int, d: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Random weights under the reference's `layers.J` names (J = 0 is the parameter-free downsample block)."""
-    if kind == "mlp_downsample_3x3_fix":
+    if kind == "mlp2x_gelu":  # no downsample block: Linear at 0, GELU at 1, Linear at 2
+        shapes = {0: ("lin", c, d), 2: ("lin", d, d)}
+    elif kind == "mlp_downsample_3x3_fix":
         shapes = {1: ("ln", 9 * c), 2: ("lin", 9 * c, 3 * c), 4: ("ln", 3 * c), 5: ("lin", 3 * c, d), 7: ("lin", d, d)}
     else:
         shapes = {1: ("ln", 4 * c), 2: ("lin", 4 * c, d), 4: ("lin", d, d)}

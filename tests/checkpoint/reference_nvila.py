@@ -59,8 +59,8 @@ class ReferenceNVILA:
         tiles += self._cut(image, best[0], best[1], size)
         return torch.stack(tiles), (best[1], best[0])
 
-    def image_input(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int] | None]:
-        if self.top["image_aspect_ratio"] == "dynamic_s2":
+    def image_input(self, image: Image.Image, single: bool) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        if self.top["image_aspect_ratio"] == "dynamic_s2" and single:  # S2 only for a prompt's one image
             return self.s2_tiles(image)
         return self._pixels(image.resize((self.image_processor.size["width"], self.image_processor.size["height"])))[
             None], None
@@ -98,11 +98,13 @@ class ReferenceNVILA:
 
     def project(self, x_BNC: torch.Tensor) -> torch.Tensor:
         p, side = self.proj, int(x_BNC.shape[1] ** 0.5)
+        ln = lambda t, j: F.layer_norm(t, t.shape[-1:], p[f"layers.{j}.weight"], p[f"layers.{j}.bias"])  # noqa: E731
+        lin = lambda t, j: F.linear(t, p[f"layers.{j}.weight"], p[f"layers.{j}.bias"])  # noqa: E731
+        if self.kind == "mlp2x_gelu":
+            return lin(F.gelu(lin(x_BNC, 0)), 2)
         f = 3 if self.kind == "mlp_downsample_3x3_fix" else 2
         x = self.flat_square(x_BNC.reshape(x_BNC.shape[0], side, side, -1), f)
         x = x.reshape(x.shape[0], -1, x.shape[-1])
-        ln = lambda t, j: F.layer_norm(t, t.shape[-1:], p[f"layers.{j}.weight"], p[f"layers.{j}.bias"])  # noqa: E731
-        lin = lambda t, j: F.linear(t, p[f"layers.{j}.weight"], p[f"layers.{j}.bias"])  # noqa: E731
         if f == 3:
             return lin(F.gelu(lin(ln(F.gelu(lin(ln(x, 1), 2)), 4), 5)), 7)
         return lin(F.gelu(lin(ln(x, 1), 2)), 4)
@@ -139,8 +141,8 @@ class ReferenceNVILA:
     def newline(self) -> torch.Tensor:
         return self.llm.model.embed_tokens(torch.tensor(self.tokenizer("\n").input_ids))
 
-    def image_embeds(self, image: Image.Image) -> torch.Tensor:
-        pixels, block = self.image_input(image)
+    def image_embeds(self, image: Image.Image, single: bool) -> torch.Tensor:
+        pixels, block = self.image_input(image, single)
         return torch.cat([self.encode_images(pixels, [block])[0], self.newline()])  # BasicImageEncoder
 
     def video_embeds(self, frames: list[Image.Image]) -> torch.Tensor:
@@ -159,13 +161,16 @@ class ReferenceNVILA:
         return torch.tensor(self.tokenizer(text).input_ids)
 
     @torch.no_grad()
-    def logits(self, question: str, image: Image.Image | None = None, frames: list | None = None) -> torch.Tensor:
-        media = self.image_embeds(image) if image is not None else self.video_embeds(frames)
-        ids = self.prompt_ids(question, "<image>" if image is not None else "<vila/video>")
+    def logits(self, question: str, images: list | None = None, frames: list | None = None) -> torch.Tensor:
+        if images:
+            media = [self.image_embeds(image, len(images) == 1) for image in images]
+        else:
+            media = [self.video_embeds(frames)]
+        ids = self.prompt_ids(question, "<image>" * len(images) if images else "<vila/video>")
         pieces, start = [], 0
         for pos, tok in enumerate(ids.tolist()):
             if tok in (self.image_id, self.video_id):
-                pieces += [self.llm.model.embed_tokens(ids[start:pos]), media]
+                pieces += [self.llm.model.embed_tokens(ids[start:pos]), media.pop(0)]
                 start = pos + 1
         pieces.append(self.llm.model.embed_tokens(ids[start:]))
         return self.llm(inputs_embeds=torch.cat(pieces)[None]).logits[0]

@@ -82,7 +82,7 @@ def test_reference_computes_our_logits_from_a_scratch_export(scratch_export, tok
     image = _image((90, 40))
     ours = load_ours(ckpt)
     torch.testing.assert_close(our_logits(ours, QUESTION_IMAGE, images=[image]),
-                               reference.logits(QUESTION_IMAGE, image=image), atol=2e-5, rtol=1e-4)
+                               reference.logits(QUESTION_IMAGE, images=[image]), atol=2e-5, rtol=1e-4)
     frames = np.random.default_rng(2).integers(0, 255, (8, 40, 36, 3), dtype=np.uint8)
     torch.testing.assert_close(our_logits(ours, QUESTION_VIDEO, video=frames),
                                reference.logits(QUESTION_VIDEO, frames=[Image.fromarray(f) for f in frames]),

@@ -12,7 +12,7 @@ from PIL import Image
 from reference_nvila import ReferenceNVILA
 
 from nvila_model.modeling import NVILAForConditionalGeneration
-from nvila_model.official import IMPORT_KIND, import_official
+from nvila_model.official import IMPORT_KIND, import_official, layout
 from nvila_model.processor import NVILAProcessor
 
 QUESTION_IMAGE, QUESTION_VIDEO = "What colour is the square?", "Which way does the dot move?"
@@ -48,10 +48,17 @@ def imported(request, tmp_path_factory):
 @pytest.mark.parametrize("size", [(83, 37), (20, 61)])
 def test_image_logits_equal_reference(imported, size):
     _, _, reference, ours = imported
-    expected = reference.logits(QUESTION_IMAGE, image=_image(size))
+    expected = reference.logits(QUESTION_IMAGE, images=[_image(size)])
     got = our_logits(ours, QUESTION_IMAGE, images=[_image(size)])
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_two_images_are_one_tile_each_like_the_reference(imported):
+    _, _, reference, ours = imported
+    images = [_image((83, 37)), _image((30, 50), seed=4)]
+    torch.testing.assert_close(our_logits(ours, QUESTION_IMAGE, images=images),
+                               reference.logits(QUESTION_IMAGE, images=images), atol=2e-5, rtol=1e-4)
 
 
 def test_video_logits_equal_reference(imported):
@@ -72,7 +79,8 @@ def test_imported_directory_is_a_project_checkpoint(imported):
     assert meta["kind"] == IMPORT_KIND and meta["source"] == str(src)
     config = NVILAForConditionalGeneration.config_class.from_pretrained(ckpt)
     top = json.loads((src / "config.json").read_text())
-    assert config.projector == top["mm_projector"] and config.vision_select_layer == top["mm_vision_select_layer"]
+    assert layout.OFFICIAL_KIND[config.projector] == top["mm_projector"]
+    assert config.vision_select_layer == top["mm_vision_select_layer"]
     assert (config.video_token, config.image_token) == ("<vila/video>", "<image>")
     assert config.system_prompt == "You are a helpful assistant" and config.video_frame_sampling == "linspace"
 
@@ -110,4 +118,4 @@ def test_tied_embeddings_and_model_dtype_kept(tmp_path, dtype):
         image = _image()
         torch.testing.assert_close(our_logits((model, NVILAProcessor.from_pretrained(tmp_path / "ckpt")),
                                               QUESTION_IMAGE, images=[image]),
-                                   ReferenceNVILA(src).logits(QUESTION_IMAGE, image=image), atol=2e-5, rtol=1e-4)
+                                   ReferenceNVILA(src).logits(QUESTION_IMAGE, images=[image]), atol=2e-5, rtol=1e-4)
