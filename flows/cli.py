@@ -78,6 +78,10 @@ def main() -> None:
     _setup_stage_run()
     try:
         app()
+    except KeyboardInterrupt:
+        typer.echo("nvila: interrupted. Finished stages are in DVC's cache and an interrupted training stage keeps "
+                   "its last checkpoint: run the same command again to resume.", err=True)
+        sys.exit(130)
     except (ValueError, OSError) as exc:
         if os.environ.get("NVILA_DEBUG") == "1":
             raise

@@ -34,11 +34,12 @@ def config(cls: type[T]) -> type[T]:
 
 def library_keys() -> dict[str, Any]:
     """params.yaml top-level key -> the config class (or type) of the stage settings it holds."""
-    from nvila_model.train.config import STAGES
+    from nvila_model.train.config import STAGES, InitCheckpoints
 
     keys: dict[str, Any] = {
         SEED_KEY: int,
         "model": "nvila_model.train.config:ModelParams",
+        "init_checkpoints": InitCheckpoints,
         "datasets": "nvila_model.data.config:DatasetsConfig",
         "generate": "nvila_model.data.config:GenerateConfig",
         "validate": "nvila_model.data.config:ValidateConfig",

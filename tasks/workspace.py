@@ -54,9 +54,10 @@ def dvc(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     return proc.stdout
 
 
-def valid_name(name: str) -> str:
-    """A git ref / DVC experiment name from a free-form run name."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
+def valid_name(name: str, strict: bool = False) -> str:
+    """A git ref / DVC experiment name from a free-form run name (`strict`: letters, digits, `_` and `-` only, as
+    dvc.yaml `foreach` keys in paths and stage names)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+" if strict else r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
     return cleaned[:80]
 
 
