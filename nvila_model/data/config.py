@@ -15,7 +15,13 @@ from ..params import config, parse
 
 @config
 class SubsetConfig:
-    """Per-subset knobs. Defects (`noise`: wrong answers, `duplicate`: near-duplicates) go into train only."""
+    """Per-subset knobs. Defects (`noise`: wrong answers, `duplicate`: near-duplicates) go into train only.
+
+    Scene knobs (defaults reproduce the standard corpus): `glyph_px` is the range of text heights in pixels (text
+    subset); videos have `frames` frames cut into time slots of `slot_frames`, and an event (a flash, an appearance)
+    starts in its slot at a random offset and lasts `event_frames` frames (None: the whole slot). An event shorter
+    than the stride of a sparse frame sampling is missed by most sparse samplings and caught by dense ones.
+    """
 
     enabled: bool = True
     train: int = 300
@@ -28,6 +34,9 @@ class SubsetConfig:
     duplicate: float = 0.1
     multi_turn: float = 0.0
     frames: int = 16
+    glyph_px: list[int] = field(default_factory=lambda: [8, 11])  # [min, max] text height, inclusive
+    slot_frames: int = 2
+    event_frames: int | None = None
 
 
 _VIDEO = {"train": 150, "val": 20, "test": 30, "min_side": 48, "max_side": 64, "aspect_ratios": [1.0, 1.33]}
@@ -46,10 +55,12 @@ DEFAULT_SUBSETS: dict[str, dict[str, Any]] = {
 
 @config
 class GenerateConfig:
-    """params.yaml `generate`: seed, size multiplier, per-subset overrides of `SubsetConfig`."""
+    """params.yaml `generate`: seed, size multiplier, overrides of `SubsetConfig` for every subset (`all_subsets`,
+    e.g. `{noise: 0.2, duplicate: 0.3}`), then per subset (`subsets`)."""
 
     seed: int = Field(default=0, ge=0)
     scale: float = Field(default=1.0, gt=0)
+    all_subsets: dict[str, Any] = field(default_factory=dict)
     subsets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,17 +68,25 @@ class GenerateConfig:
 
 
 def subset_configs(cfg: GenerateConfig) -> dict[str, SubsetConfig]:
-    """Defaults merged with the user's overrides; unknown subsets or knobs raise `ValueError`."""
+    """Defaults, then `all_subsets`, then each subset's own overrides; unknown subsets or knobs raise `ValueError`."""
     unknown = sorted(set(cfg.subsets) - set(DEFAULT_SUBSETS))
     if unknown:
         raise ValueError(f"subsets: unknown subset(s) {unknown}; known: {sorted(DEFAULT_SUBSETS)}")
     out = {}
     for name, defaults in DEFAULT_SUBSETS.items():
-        sc = parse(SubsetConfig, {**defaults, **(cfg.subsets.get(name) or {})}, where=f"subsets.{name}")
+        sc = parse(SubsetConfig, {**defaults, **cfg.all_subsets, **(cfg.subsets.get(name) or {})},
+                   where=f"subsets.{name}")
         if not (0 <= sc.noise < 1 and 0 <= sc.duplicate < 1 and sc.noise + sc.duplicate < 1):
             raise ValueError(f"subsets.{name}: noise and duplicate must be shares in [0, 1) summing below 1")
         if sc.min_side < 16 or sc.max_side < sc.min_side or not sc.aspect_ratios:
             raise ValueError(f"subsets.{name}: need 16 <= min_side <= max_side and some aspect_ratios")
+        if len(sc.glyph_px) != 2 or not 4 <= sc.glyph_px[0] <= sc.glyph_px[1]:
+            raise ValueError(f"subsets.{name}: glyph_px must be [min, max] pixels with 4 <= min <= max")
+        if sc.slot_frames < 1 or sc.frames % sc.slot_frames:
+            raise ValueError(f"subsets.{name}: frames ({sc.frames}) must be a multiple of slot_frames "
+                             f"({sc.slot_frames} >= 1)")
+        if sc.event_frames is not None and not 1 <= sc.event_frames <= sc.slot_frames:
+            raise ValueError(f"subsets.{name}: event_frames must be in [1, slot_frames={sc.slot_frames}]")
         out[name] = sc
     return out
 

@@ -55,8 +55,7 @@ def _conversation(subset: Subset, scene: Scene, qtypes: list[str], rng: np.rando
 
 def _base_record(subset: Subset, sc: SubsetConfig, split: str, idx: int, rng: np.random.Generator) -> dict:
     width, height = _canvas_size(rng, sc, even=isinstance(subset, VideoSubset))
-    extra = {"frames": sc.frames} if isinstance(subset, VideoSubset) else {}
-    scene = subset.sample(rng, width, height, **extra)
+    scene = subset.sample(rng, width, height, **{knob: getattr(sc, knob) for knob in subset.knobs})
     qtypes = subset.qtypes(scene)
     qtypes = qtypes[:2] if len(qtypes) > 1 and rng.random() < sc.multi_turn else qtypes[:1]
     return {"id": f"{subset.name}-{split}-{idx:05d}", "subset": subset.name,

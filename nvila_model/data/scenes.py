@@ -22,6 +22,7 @@ class Subset(ABC):
     media: str = "image"
     questions: dict[str, tuple[str, ...]] = {}
     templates: dict[str, tuple[str, ...]] = {}
+    knobs: tuple[str, ...] = ()  # SubsetConfig fields that `sample` takes as keyword arguments
 
     @abstractmethod
     def sample(self, rng: np.random.Generator, width: int, height: int) -> Scene:
@@ -147,10 +148,11 @@ class TextReading(Subset):
     name = "text"
     questions = {"word": WORDS}
     templates = {"word": ("What word is written in the image?", "Read the word in the picture.")}
+    knobs = ("glyph_px",)
 
-    def sample(self, rng: np.random.Generator, width: int, height: int) -> Scene:
+    def sample(self, rng: np.random.Generator, width: int, height: int, glyph_px: tuple[int, int] = (8, 11)) -> Scene:
         word = _pick(rng, WORDS)[0]
-        size = int(rng.integers(8, 12))
+        size = int(rng.integers(glyph_px[0], glyph_px[1] + 1))
         tw, th = text_size(word, size)
         if tw + 2 > width or th + 2 > height:
             raise ValueError(f"text: a {size}px word does not fit in {width}x{height}; enlarge the resolution range")
@@ -235,6 +237,13 @@ class Compare(Subset):
 
     def render(self, scene: Scene) -> list[Image.Image]:
         return [draw_shapes(canvas(p["w"], p["h"], p["bg"]), p["shapes"]) for p in scene["panels"]]
+
+
+def glyph_cell(scene: Scene, width: int, height: int) -> tuple[float, float]:
+    """(mean letter width, text height) in pixels of a text scene's word once the picture is resized to
+    width x height: how many pixels a reader gets per letter (the smallest legible pixel fonts are 3 x 5)."""
+    text_w, text_h = text_size(scene["word"], scene["size"])
+    return text_w / len(scene["word"]) * width / scene["w"], text_h * height / scene["h"]
 
 
 def jitter_image(img: Image.Image, scene: Scene) -> Image.Image:
