@@ -42,6 +42,7 @@ class StageConfig:
     train_modules: Annotated[list[Module], Field(min_length=1)]
     lr: dict[Module, float]
     datasets: Annotated[list[str], Field(min_length=1)]
+    enabled: bool = True  # false: the stage trains nothing and passes the previous stage's model on unchanged
     batch_size: int = Field(default=16, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     max_length: int = Field(default=1024, ge=16)

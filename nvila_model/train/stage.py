@@ -150,12 +150,39 @@ def run_stage(stage: str, cfg: StageConfig, model_params: ModelParams, datasets:
     """Train one stage from `init` (or, for the first stage, a fresh model with the `tokenizer`) on the stage's
     datasets in `data` (only the ids of the `pruned` subset, when given); write `out`: model + processor,
     `meta.json`, `log_history.json`, `manifest.json`. A killed run resumes from its last checkpoint when re-run with
-    the same settings and inputs; `out` is replaced only when the new output is complete."""
+    the same settings and inputs; `out` is replaced only when the new output is complete. A disabled stage
+    (`enabled: false`) passes `init` on unchanged (`pass_through`)."""
+    if not cfg.enabled:
+        return pass_through(stage, cfg, init, Path(out))
     records, inputs = train_records(cfg, datasets, data, pruned)
     inputs |= {"init_from": str(init)} if init is not None else {"tokenizer": str(tokenizer)}
     fp = fingerprint(stage, cfg, asdict(model_params), inputs)
     return fit(stage, cfg, lambda: build_model(cfg, model_params, init, tokenizer), records, inputs, Path(out),
                work_dir(stage, fp, work_root), tracker)
+
+
+PASSED_ON = ("meta.json", "log_history.json", "manifest.json", "checkpoints")  # the stage's own records, not copied
+
+
+def pass_through(stage: str, cfg: StageConfig, init: str | Path | None, out: Path) -> Path:
+    """The output of a disabled stage: the previous stage's model, processor and weights unchanged (what skipping
+    the stage means, e.g. NVILA-Lite without vision-encoder pre-training), with a `meta.json` that records zero
+    training (no steps, no time) and an empty loss history."""
+    if init is None:
+        raise ValueError(f"{stage}: enabled is false, but the first training stage has no previous model to pass on")
+    init = Path(init)
+    load_stage_model(init)  # a missing or corrupt input fails here, naming the file
+    with staged_output(out) as tmp:
+        for item in sorted(init.iterdir()):
+            if item.name not in PASSED_ON:
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        meta = {"stage": stage, "enabled": False, "passed_on_from": str(init), "train_seconds": 0.0,
+                "global_steps": 0, "num_train_records": 0, "git_revision": git_revision(),
+                "inputs": {"init_from": {"path": str(init), "sha256": hash_path(init / "model.safetensors")}}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "log_history.json").write_text("[]")
+        write_stage_manifest(tmp, stage, asdict(cfg), inputs={"init_from": str(init)}, passed_on=True)
+    return out
 
 
 def summarise_history(log_history: list[dict[str, Any]]) -> tuple[list[dict[str, float]], float]:

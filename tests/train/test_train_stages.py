@@ -179,3 +179,18 @@ def test_module_names_are_the_model_children(project, corpus_dir):
     cfg, model_params, _ = _load("projector_init")
     model, _ = build_model(cfg, model_params, tokenizer_dir=corpus_dir / "runs/tokenizer")
     assert set(MODULES) == {n for n, _ in model.named_children()}
+
+
+def test_a_disabled_stage_passes_the_previous_model_on_unchanged(project, corpus_dir):
+    start = _run("projector_init", corpus_dir, "runs/projector_init")
+    out = _run("vision_pretrain", corpus_dir, "runs/vision_pretrain", init=start, enabled=False)
+    before, after = _weights(start), _weights(out)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["enabled"] is False and meta["global_steps"] == 0 and meta["train_seconds"] == 0.0
+    assert json.loads((out / "log_history.json").read_text()) == [] and (out / "manifest.json").is_file()
+    assert not (out / "checkpoints").exists()
+    nxt = _run("token_pretrain", corpus_dir, "runs/token_pretrain", init=out, max_steps=2)  # the chain goes on
+    assert json.loads((nxt / "meta.json").read_text())["global_steps"] == 2
+    with pytest.raises(ValueError, match="projector_init: enabled is false, but the first training stage"):
+        _run("projector_init", corpus_dir, "runs/first", enabled=False)
