@@ -58,6 +58,19 @@ def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, 
     return fit(stage, cfg, make_model, absolute, {"tokenizer": str(tokenizer_dir)}, Path(out), work)
 
 
+def fold_plan(num_records: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train indices, scored indices) of each proxy pair: one pair trained on all records that scores all of them
+    (`folds` 1), or per seeded fold, a pair trained on the other folds that scores this one (cross-fitting)."""
+    everything = np.arange(num_records)
+    if folds == 1:
+        return [(everything, everything)]
+    if num_records < folds:
+        raise ValueError(f"score.bootstrap.folds: {folds} folds need at least {folds} records, got {num_records}")
+    fold_of = np.empty(num_records, dtype=np.int64)
+    fold_of[np.random.default_rng([seed, folds]).permutation(num_records)] = everything % folds
+    return [(everything[fold_of != k], everything[fold_of == k]) for k in range(folds)]
+
+
 def bootstrap_scorers(cfg: BootstrapConfig, records: list[dict[str, Any]], media_root: str | Path,
                       tokenizer_dir: str | Path, out: str | Path, seed: int) -> tuple[Path, Path]:
     """Train the (small, large) proxy scorers on a seeded share of `records`; returns `<out>/small`, `<out>/large`."""

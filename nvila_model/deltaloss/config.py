@@ -42,6 +42,10 @@ class BootstrapConfig:
     large_steps: int = Field(default=200, ge=1)
     batch_size: int = Field(default=16, ge=1)
     lr: float = Field(default=2e-3, gt=0)
+    # 1: both proxies train on a `share` of all records and score every record (including those they saw).
+    # k >= 2, cross-fitting: the records are cut into k seeded folds and each fold is scored by proxies trained on
+    # (a `share` of) the other folds only, so no record is scored by a model that trained on it (k pairs trained).
+    folds: int = Field(default=1, ge=1)
 
 
 @config

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from nvila_model.data.manifest import default_media_root, read_manifest
@@ -81,10 +82,29 @@ def subset_stats(scores: pd.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
+def scorer_pairs(cfg: ScoreConfig, records: list[dict[str, Any]], media_root: Path, tokenizer: str | Path,
+                 scorers: str | Path) -> list[tuple[Path, Path, np.ndarray]]:
+    """(small, large, indices of the records they score) per scorer pair: the configured checkpoints for every
+    record, or bootstrap proxies trained into `scorers` (one pair, or one per fold when cross-fitting)."""
+    if cfg.small_checkpoint is not None:
+        return [(Path(cfg.small_checkpoint), Path(cfg.large_checkpoint), np.arange(len(records)))]
+    from nvila_model.deltaloss.bootstrap import bootstrap_scorers, fold_plan
+
+    pairs = []
+    plan = fold_plan(len(records), cfg.bootstrap.folds, cfg.seed)
+    for k, (train, scored) in enumerate(plan):
+        out = Path(scorers) / (f"fold-{k}" if len(plan) > 1 else "")
+        small, large = bootstrap_scorers(cfg.bootstrap, [records[i] for i in train], media_root, tokenizer, out,
+                                         cfg.seed)
+        pairs.append((small, large, scored))
+    return pairs
+
+
 def run_score(cfg: ScoreConfig, *, data: str | Path, out: str | Path, scorers: str | Path,
               tokenizer: str | Path, tracker: Tracker | None = None) -> Path:
     """Score the train split of the corpus `data` with the configured checkpoints, or with proxies trained into
-    `scorers` (from the `tokenizer`) when none are configured; write the table, histograms and summary to `out`."""
+    `scorers` (from the `tokenizer`) when none are configured (per fold when `score.bootstrap.folds` > 1: no record
+    is then scored by a proxy that trained on it); write the table, histograms and summary to `out`."""
     tracker = tracker or NullTracker()
     manifest = Path(data) / TRAIN_MANIFEST
     records = read_manifest(manifest)
@@ -92,30 +112,33 @@ def run_score(cfg: ScoreConfig, *, data: str | Path, out: str | Path, scorers: s
         records = records[: cfg.max_samples]
     check_ids(records, manifest)
     media_root = default_media_root(manifest).resolve()
-    if cfg.small_checkpoint is None:
-        from nvila_model.deltaloss.bootstrap import bootstrap_scorers
-
-        small, large = bootstrap_scorers(cfg.bootstrap, records, media_root, tokenizer, scorers, cfg.seed)
-    else:
-        small, large = Path(cfg.small_checkpoint), Path(cfg.large_checkpoint)
+    pairs = scorer_pairs(cfg, records, media_root, tokenizer, scorers)
     Path(scorers).mkdir(parents=True, exist_ok=True)  # which scorers were used, beside any trained proxies
-    (Path(scorers) / "scorers.json").write_text(json.dumps({"small": str(small), "large": str(large),
-                                                            "bootstrap": cfg.small_checkpoint is None}, indent=2))
+    used = [{"small": str(small), "large": str(large), "num_scored": len(scored)} for small, large, scored in pairs]
+    (Path(scorers) / "scorers.json").write_text(json.dumps({**used[0], "bootstrap": cfg.small_checkpoint is None,
+                                                            "folds": used}, indent=2))
     start = time.perf_counter()
-    rows = score_rows(checkpoint_pair(cfg, small, large, media_root), records, cfg)
+    rows: list[dict[str, Any]] = [{} for _ in records]
+    for small, large, scored in pairs:
+        part = score_rows(checkpoint_pair(cfg, small, large, media_root), [records[i] for i in scored], cfg)
+        for i, row in zip(scored, part, strict=True):
+            rows[i] = row
     seconds = time.perf_counter() - start
     scores = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+    small, large = (", ".join(sorted({u[role] for u in used})) for role in ("small", "large"))
     with staged_output(out) as tmp:
         scores.to_parquet(tmp / SCORES_FILE, index=False)
         histograms = write_histograms(scores, tmp)
         summary = {"num_records": len(scores), "seconds": seconds,
-                   "samples_per_s": len(scores) / max(seconds, 1e-9), "small_checkpoint": str(small),
-                   "large_checkpoint": str(large), "subsets": subset_stats(scores)}
+                   "samples_per_s": len(scores) / max(seconds, 1e-9), "small_checkpoint": small,
+                   "large_checkpoint": large, "folds": len(pairs), "subsets": subset_stats(scores)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-        write_stage_manifest(tmp, "score", to_dict(cfg), inputs={"manifest": manifest, "small": small,
-                                                                 "large": large}, num_records=len(scores))
-    tracker.log_params({"score.small_checkpoint": str(small), "score.large_checkpoint": str(large),
-                        "score.num_actors": cfg.ray.num_actors})
+        inputs = {"manifest": manifest} | {f"{role}{'' if len(pairs) == 1 else f'-{k}'}": path
+                                            for k, (s, lg, _) in enumerate(pairs)
+                                            for role, path in (("small", s), ("large", lg))}
+        write_stage_manifest(tmp, "score", to_dict(cfg), inputs=inputs, num_records=len(scores))
+    tracker.log_params({"score.small_checkpoint": small, "score.large_checkpoint": large,
+                        "score.num_actors": cfg.ray.num_actors, "score.folds": len(pairs)})
     tracker.log_metrics({"score.samples_per_s": summary["samples_per_s"],
                          **{f"score.mean.{s}": v["mean_score"] for s, v in summary["subsets"].items()}})
     for path in histograms:
