@@ -20,6 +20,7 @@ from flows import commands as flow_commands
 from nvila_model.data import cli as data_cli
 from nvila_model.deltaloss import cli as deltaloss_cli
 from nvila_model.official import cli as official_cli
+from nvila_model.peer import cli as peer_cli
 from nvila_model.quant import cli as quant_cli
 from nvila_model.train import cli as train_cli
 from tasks.env import configure
@@ -27,7 +28,7 @@ from tasks.env import configure
 app = typer.Typer(help="NVILA pipeline: data, DeltaLoss pruning, five-stage training, fine-tuning, deployment.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
-for module in (data_cli, train_cli, deltaloss_cli, quant_cli, official_cli, flow_commands):
+for module in (data_cli, train_cli, deltaloss_cli, quant_cli, official_cli, peer_cli, flow_commands):
     module.register(app)
 
 TRANSIENT_EXIT = 75  # EX_TEMPFAIL: an I/O error worth a retry (the pipeline's stage task retries on it)

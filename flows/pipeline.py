@@ -24,7 +24,7 @@ from flows.config import check_params, run_overrides
 from nvila_model.manifest import git_revision
 from nvila_model.params import read_params
 from tasks import liveness
-from tasks.dvc_stages import output_dir, plan
+from tasks.dvc_stages import out_paths, output_dir, plan
 from tasks.env import project_dir
 from tasks.report import close_pipeline_run, open_pipeline_run, publish_report, read_metrics, register_model
 from tasks.stage_task import RunContext, run_stage
@@ -37,13 +37,17 @@ TRAINING = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", 
 def chains(data: dict[str, Any], registered_model: str) -> list[dict[str, str]]:
     """The models a run trains or adapts, and the dvc.yaml stages of each: its report column, its eval stages, the
     stages whose outputs are registered, and under which name. From scratch by default; with `init_checkpoints`,
-    each released checkpoint's chain (the `@name` stages) instead."""
+    each released checkpoint's chain (the `@name` stages) instead; plus each peer of `peers` (evaluated, not
+    quantized nor registered: column `peer-<family>`)."""
+    peers = [{"column": f"peer-{family}", "eval": f"eval_peer@{family}", "eval_quantized": "",
+              "model": f"peer@{family}", "quantized": "", "registered": ""} for family in data.get("peers") or []]
     if not data["init_checkpoints"]:
         return [{"column": "trained", "eval": "eval", "eval_quantized": "eval_quantized", "model": "video_sft",
-                 "quantized": "quantize", "registered": registered_model.format(preset=data["model"]["preset"])}]
+                 "quantized": "quantize", "registered": registered_model.format(preset=data["model"]["preset"])},
+                *peers]
     return [{"column": name, "eval": f"eval_imported@{name}", "eval_quantized": f"eval_quantized_imported@{name}",
              "model": f"finetune_imported@{name}", "quantized": f"quantize_imported@{name}",
-             "registered": registered_model and f"nvila-{name}"} for name in data["init_checkpoints"]]
+             "registered": registered_model and f"nvila-{name}"} for name in data["init_checkpoints"]] + peers
 
 
 def effective_params(data: dict[str, Any], stages: list[str]) -> dict[str, Any]:
@@ -54,13 +58,21 @@ def effective_params(data: dict[str, Any], stages: list[str]) -> dict[str, Any]:
 
 
 def training_cost(ws: Workspace, order: list[str]) -> dict[str, dict[str, float]]:
-    """Seconds, optimizer steps and records of each training stage of the run, from its `meta.json` (restored
-    stages report the time their model took to train)."""
+    """Seconds, optimizer steps and records of each training stage of the run (the five stages, the peers), from
+    its `meta.json` (restored stages report the time their model took to train); and for `score`, the DeltaLoss
+    proxies' training plus the scoring itself (records: those scored)."""
     cost = {}
-    for stage in (s for s in TRAINING if s in order):
+    for stage in (s for s in order if s in TRAINING or s.startswith("peer@")):
         meta = json.loads((output_dir(ws.root, stage) / "meta.json").read_text())
         cost[stage] = {"train_seconds": float(meta["train_seconds"]), "train_steps": float(meta["global_steps"]),
                        "train_records": float(meta["num_train_records"])}
+    if "score" in order:
+        scores, scorers = out_paths(ws.root, "score")
+        summary = json.loads((scores / "summary.json").read_text())
+        proxies = [json.loads(p.read_text()) for p in sorted(scorers.rglob("meta.json"))]
+        cost["score"] = {"train_seconds": summary["seconds"] + sum(float(m["train_seconds"]) for m in proxies),
+                         "train_steps": float(sum(m["global_steps"] for m in proxies)),
+                         "train_records": float(summary["num_records"])}
     return cost
 
 
@@ -118,7 +130,7 @@ def nvila_pipeline(
         settings[f"init_checkpoints.{valid_name(folder.name, strict=True)}"] = str(folder)
     data = check_params(project / params_file, settings)
     models = chains(data, registered_model)
-    targets = list(stages) if stages != "all" else [s for m in models for s in (m["eval"], m["eval_quantized"])]
+    targets = list(stages) if stages != "all" else [s for m in models for s in (m["eval"], m["eval_quantized"]) if s]
     name = valid_name(str(flow_run.name or "nvila-run"))
     liveness.reap_stale(project)
     with workspace(project, name) as ws:

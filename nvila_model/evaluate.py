@@ -54,13 +54,17 @@ def score_predictions(rows: list[dict[str, Any]], chance: dict[str, float] | Non
 
 
 def load_model(checkpoint: str | Path):
-    """Any NVILA model directory: a training stage, a fine-tune, or a quantized export."""
+    """Any model directory the pipeline writes: a training stage, a fine-tune, a quantized export, or a peer."""
     from nvila_model.modeling import NVILAForConditionalGeneration
     from nvila_model.processor import NVILAProcessor
 
     path = Path(checkpoint)
     from nvila_model.quant.quantize import is_quantized
 
+    if (path / "config.json").is_file() and json.loads((path / "config.json").read_text()).get("model_type") == "llava":
+        from nvila_model.peer.model import load_peer  # the peer (transformers' LLaVA), imported only for one
+
+        return load_peer(path)
     if is_quantized(path):
         from nvila_model.quant.loading import load_quantized
 

@@ -40,6 +40,8 @@ def library_keys() -> dict[str, Any]:
         SEED_KEY: int,
         "model": "nvila_model.train.config:ModelParams",
         "init_checkpoints": InitCheckpoints,
+        "peers": "nvila_model.peer.config:Peers",
+        "peer": "nvila_model.peer.config:PeerConfig",
         "datasets": "nvila_model.data.config:DatasetsConfig",
         "generate": "nvila_model.data.config:GenerateConfig",
         "validate": "nvila_model.data.config:ValidateConfig",

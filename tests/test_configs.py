@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from flows.config import check_params
-from nvila_model.params import library_keys, load_config, load_params, read_params
+from nvila_model.params import ORCHESTRATION_KEYS, library_keys, load_config, load_params, read_params
 from nvila_model.presets import PRESETS, build_config
 from nvila_model.train.config import ModelParams
 
@@ -20,7 +20,7 @@ SHIPPED = [REPO / "params.yaml", *sorted((REPO / "configs/recipes").glob("*.yaml
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_key_of_every_shipped_params_file_loads(path):
     configs = load_params(path)
-    assert set(read_params(path)) - {"pipeline", "sweep"} <= set(configs)
+    assert set(read_params(path)) - set(ORCHESTRATION_KEYS) <= set(configs)
     model = configs["model"]
     assert build_config(model.preset, **model.overrides).tokens_per_tile > 0
 

@@ -1,0 +1,48 @@
+"""Config of the peer (params.yaml keys `peers` and `peer`): which peers to train, and their training recipe."""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Literal
+
+from pydantic import Field
+
+from nvila_model.params import config
+
+# `params.yaml:peers`: the peer families dvc.yaml trains and evaluates (stages `peer@NAME`, `eval_peer@NAME`); none by
+# default. `llava`: transformers' LlavaForConditionalGeneration (SigLIP + 2-layer MLP + Qwen2), what a user would
+# pick instead of NVILA.
+PeerFamily = Literal["llava"]
+Peers = list[PeerFamily]
+
+
+@config
+class PeerConfig:
+    """`params.yaml:peer`: how a peer trains. The LLaVA recipe with transformers' defaults: one phase over the whole
+    mixture, every module trained at one learning rate, the stock `Trainer` (AdamW, cosine schedule), padded batches
+    (no packing), each image resized to one tile (no Dynamic-S2), no token compression, `num_video_frames` frames
+    as separate images (no temporal averaging). Its sizes are the `model` preset's (`vision.` / `text.` overrides
+    apply; NVILA's projector and S2 settings do not)."""
+
+    datasets: list[str] = field(default_factory=lambda: ["synth-all"])
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = Field(default=-1, ge=-1)  # > 0 overrides epochs
+    max_length: int = Field(default=1024, ge=16)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    num_video_frames: int = Field(default=8, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # as the NVILA stages: bf16 autocast where supported
+    logging_steps: int = Field(default=25, ge=1)
+    save_steps: int = Field(default=100, ge=1)
+    seed: int = Field(default=0, ge=0)
+
+    def __post_init__(self) -> None:
+        if self.max_steps == 0:
+            raise ValueError("max_steps 0 trains nothing: use -1 (train `epochs`) or a positive count")
+        if self.save_steps % self.logging_steps:
+            raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of logging_steps "
+                             f"({self.logging_steps})")
