@@ -1,4 +1,5 @@
-"""`nvila pipeline run|sweep|serve|trigger|stages` and `nvila ui`: the orchestration commands of the `nvila` CLI."""
+"""`nvila pipeline run|sweep|frontier|serve|trigger|stages` and `nvila ui`: the orchestration commands of the `nvila`
+CLI."""
 
 from __future__ import annotations
 
@@ -112,6 +113,40 @@ def sweep(
         rows = pruning_sweep(keep_ratios=ratios, methods=_split(methods), preset=preset, seed=seed,
                              experiment=experiment, report_dir=report_dir, params_file=params, overrides=overrides)
     typer.echo(markdown_table(rows, load_sweep_config(params).metric, links=False))
+
+
+@pipeline_app.command("frontier")
+def frontier(
+    variants: str | None = typer.Option(None, help="comma-separated variants (default: frontier.variants; all: "
+                                        "see flows/variants.py)"),
+    quick: bool = typer.Option(False, "--quick", help="the small setting (frontier.quick: smaller corpus, fewer "
+                               "steps), a check of the machinery in minutes"),
+    preset: str | None = typer.Option(None, help="model preset (model.preset)"),
+    seed: int | None = typer.Option(None, help="seed of every stage (seed)"),
+    experiment: str | None = typer.Option(None, help="MLflow experiment (default: frontier.experiment)"),
+    report_dir: str | None = typer.Option(None, help="folder of frontier.{md,json,png} (default: "
+                                          "frontier.report_dir)"),
+    set_: list[str] = SET_OPT,
+    params: str = PARAMS_OPT,
+) -> None:
+    """The efficient frontier: every variant trained and evaluated on the same corpus, accuracy against training
+    time, steps and TTFT, the paper's goals judged."""
+    root = _enter_project()
+    from flows.config import parse_overrides
+
+    overrides = parse_overrides(set_) or None
+    start = time.monotonic()
+    with prefect_api(root):
+        from flows.frontier import efficient_frontier
+
+        report = efficient_frontier(variants=_split(variants), quick=quick, preset=preset, seed=seed,
+                                    experiment=experiment, report_dir=report_dir, params_file=params,
+                                    overrides=overrides)
+    verdict = {True: "held", False: "NOT held", None: "not measured"}
+    for goal in report["goals"]:
+        typer.echo(f"{verdict[goal['held']]:>12}: {goal['claim']}\n{'':>14}{goal['numbers']}")
+    typer.echo(f"\nFrontier finished in {(time.monotonic() - start) / 60:.1f} min; report in "
+               f"{report['files']['md']} (and .json, .png), MLflow run {report['mlflow_run_id']}.")
 
 
 @pipeline_app.command("serve")

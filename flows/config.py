@@ -1,5 +1,5 @@
-"""The orchestration keys of params.yaml (`pipeline`, `sweep`), run parameters as params overrides, and the check of
-a whole params file before a run starts."""
+"""The orchestration keys of params.yaml (`pipeline`, `sweep`, `frontier`), run parameters as params overrides, and
+the check of a whole params file before a run starts."""
 
 from __future__ import annotations
 
@@ -56,7 +56,38 @@ class SweepConfig:
             raise ValueError(f"epochs {dict(self.epochs)} must be positive")
 
 
-ORCHESTRATION = {"pipeline": PipelineConfig, "sweep": SweepConfig}
+def _all_variants() -> list[str]:
+    from flows.variants import VARIANTS
+
+    return list(VARIANTS)
+
+
+@config
+class FrontierConfig:
+    """`params.yaml:frontier`: the efficient frontier's variants and the corpus and recipe they all train with.
+
+    `settings` (dotted params settings, as `--set`) apply to every variant's pipeline run: they ask the generator
+    for a corpus that can show each effect and set the training recipe; `quick` applies on top with `--quick` (a
+    smaller corpus, fewer steps). Each variant then adds its own settings (`flows/variants.py`).
+    """
+
+    variants: list[str] = Field(default_factory=_all_variants, min_length=1)
+    experiment: str = "nvila-frontier"  # MLflow experiment of the variants' runs and the summary run
+    report_dir: str = "bench/results"  # frontier.{md,json,png} go here
+    settings: dict[str, Any] = field(default_factory=dict)
+    quick: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from flows.variants import ordered
+
+        ordered(list(self.variants))  # unknown variants are refused when the file is read
+        for name, values in (("settings", self.settings), ("quick", self.quick)):
+            bad = [k for k in values if not k or any(not part for part in k.split("."))]
+            if bad:
+                raise ValueError(f"{name}: {bad} are not dotted params keys (e.g. generate.scale)")
+
+
+ORCHESTRATION = {"pipeline": PipelineConfig, "sweep": SweepConfig, "frontier": FrontierConfig}
 
 
 def load_pipeline_config(params: str | Path = DEFAULT_PARAMS) -> PipelineConfig:
@@ -69,6 +100,13 @@ def load_sweep_config(params: str | Path = DEFAULT_PARAMS, **overrides: Any) -> 
     data = read_params(params)
     values = {**(data.get("sweep") or {}), **{k: v for k, v in overrides.items() if v is not None}}
     return parse(SweepConfig, values, f"{params}: sweep")
+
+
+def load_frontier_config(params: str | Path = DEFAULT_PARAMS, **overrides: Any) -> FrontierConfig:
+    """`params.yaml:frontier` with the non-None `overrides` applied, validated."""
+    data = read_params(params)
+    values = {**(data.get("frontier") or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return parse(FrontierConfig, values, f"{params}: frontier")
 
 
 def with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

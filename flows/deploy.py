@@ -28,9 +28,11 @@ def trigger_deployment(name: str, items: list[str], timeout: float) -> object:
 
     from prefect.deployments import run_deployment
 
+    from flows.frontier import efficient_frontier
     from flows.sweep import pruning_sweep
 
-    flow = pruning_sweep if name.startswith("pruning-sweep/") else nvila_pipeline
+    flow = {"pruning-sweep": pruning_sweep, "efficient-frontier": efficient_frontier}.get(name.split("/")[0],
+                                                                                         nvila_pipeline)
     parameters = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -68,14 +70,17 @@ def parameter_problem(exc: Exception) -> str:
 
 
 SWEEP_DEPLOYMENT = "nvila-sweep"
+FRONTIER_DEPLOYMENT = "nvila-frontier"
 
 
 def serve_pipeline(params: str | Path = "params.yaml", name: str | None = None, cron: str | None = None,
                    parameters: dict[str, object] | None = None) -> None:
-    """Serve the pipeline deployment (cron schedule from params.yaml) and the pruning-sweep deployment (no
-    schedule; settings from the `sweep:` key), each run when triggered from the UI or the API; blocks."""
+    """Serve the pipeline deployment (cron schedule from params.yaml), the pruning-sweep deployment and the
+    efficient-frontier deployment (no schedule; settings from the `sweep:` / `frontier:` keys), each run when
+    triggered from the UI or the API; blocks."""
     from prefect import serve
 
+    from flows.frontier import efficient_frontier
     from flows.sweep import pruning_sweep
 
     cfg = load_pipeline_config(params)
@@ -94,7 +99,15 @@ def serve_pipeline(params: str | Path = "params.yaml", name: str | None = None, 
         tags=["nvila"],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    serve(pipeline, sweep, limit=1)
+    frontier = efficient_frontier.to_deployment(
+        name=FRONTIER_DEPLOYMENT,
+        parameters={"params_file": str(params)},
+        description="The efficient frontier: accuracy against training time and TTFT per variant (NVILA, the "
+                    "LLaVA peer, compression, Dynamic-S2, frames, DeltaLoss), the paper's goals judged.",
+        tags=["nvila"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    serve(pipeline, sweep, frontier, limit=1)
 
 
 def run_ui(prefect_port: int = 4200, mlflow_port: int = 5000, params: str | Path = "params.yaml") -> None:

@@ -1,0 +1,162 @@
+"""The efficient frontier's pieces: its config, the variants' settings (each passes the params check), the report's
+rows, goals (held / not held / not measured), table and plot.
+
+Flow modules are imported inside the tests: importing them at collection sets up Prefect's client settings before
+the deployment test points them at its own server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from flows.config import FrontierConfig, check_params, load_frontier_config
+from flows.variants import REFERENCE, VARIANTS, ordered, run_settings
+
+REPO = Path(__file__).resolve().parents[2]
+PARAMS = REPO / "params.yaml"
+SUBSETS = ("text", "flashes", "motion")
+
+
+def test_the_shipped_frontier_config_runs_every_variant() -> None:
+    cfg = load_frontier_config(PARAMS)
+    assert sorted(cfg.variants) == sorted(VARIANTS) and cfg.report_dir == "bench/results"
+    assert load_frontier_config(PARAMS, variants=["peer"]).variants == ["peer"]
+    with pytest.raises(ValueError, match=r"frontier variants \['nvila_xl'\] unknown"):
+        FrontierConfig(variants=["nvila_xl"])
+    with pytest.raises(ValueError, match="not dotted params keys"):
+        FrontierConfig(settings={"generate..scale": 1})
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_variant_passes_the_params_check(quick: bool) -> None:
+    cfg = load_frontier_config(PARAMS)
+    base = {**cfg.settings, **(cfg.quick if quick else {})}
+    seen = {}
+    for variant in ordered(list(VARIANTS)):
+        data = check_params(PARAMS, run_settings(variant, base, 500))
+        seen[variant.name] = data
+    assert seen["peer"]["peers"] == ["llava"] and seen["peer"]["peer"]["max_steps"] == 500, "steps matched"
+    assert all(not data["peers"] for name, data in seen.items() if name != "peer")
+    assert seen["nvila_lite_no_vep"]["vision_pretrain"]["enabled"] is False
+    assert seen["nvila"]["prune"]["keep_ratio"] == 1.0, "the reference trains on all data"
+    assert (seen["deltaloss_0.5"]["prune"]["method"], seen["random_0.5"]["prune"]["method"]) == ("deltaloss", "random")
+    dense, sparse = seen["nvila"]["video_sft"], seen["sparse_frames"]["video_sft"]
+    assert dense["num_video_frames"] // dense["video_pool_size"] == sparse["num_video_frames"] // sparse[
+        "video_pool_size"] and dense["num_video_frames"] > sparse["num_video_frames"], "equal tokens, more frames"
+    assert seen["nvila"]["score"]["bootstrap"]["folds"] >= 2, "scores come from proxies that did not see the record"
+    for name in ("nvila", "deltaloss_0.5", "random_0.5", "sparse_frames"):  # share everything up to prune
+        assert seen[name]["model"] == seen[REFERENCE]["model"] and seen[name]["score"] == seen[REFERENCE]["score"]
+
+
+def test_the_reference_runs_first_and_settings_stack() -> None:
+    assert [v.name for v in ordered(["random_0.5", "peer", "nvila"])] == ["nvila", "peer", "random_0.5"]
+    peer = VARIANTS["peer"]
+    assert run_settings(peer, {"peer.max_steps": 7, "generate.scale": 0.5}, None) == {
+        "peer.max_steps": 7, "generate.scale": 0.5, "peers": ["llava"]}
+    assert run_settings(peer, {}, 321)["peer.max_steps"] == 321
+    assert run_settings(VARIANTS["nvila"], {"prune.keep_ratio": 1.0}, 321) == {
+        "prune.keep_ratio": 1.0, "model.overrides": {"projector": "mlp_downsample", "dynamic_s2": True}}
+
+
+def _point(name: str, acc: float, seconds: float, steps: float = 100.0, text: float = 0.5, video: float = 0.5,
+           tokens: float = 100.0, frames: tuple[int, int] = (32, 4), prefill: float = 10.0) -> dict:
+    metrics = {"acc_mean": acc, "chance_mean": 0.3, "acc_text": text, "chance_text": 0.125, "acc_flashes": video,
+               "chance_flashes": 1 / 3, "acc_motion": video, "chance_motion": 0.25, "num_samples": 90.0,
+               "prefill_ms": prefill, "visual_tokens_per_sample": tokens, "decode_tokens_per_s": 50.0}
+    cost = {"image_sft": {"train_seconds": seconds / 2, "train_steps": steps / 2, "train_records": 10.0},
+            "video_sft": {"train_seconds": seconds / 2, "train_steps": steps / 2, "train_records": 10.0},
+            "score": {"train_seconds": 99.0, "train_steps": 5.0, "train_records": 20.0}}
+    return {"variant": name, "label": name, "group": VARIANTS[name].group, "metrics": metrics, "cost": cost,
+            "uses_scores": name == "deltaloss_0.5", "video_frames": frames[0], "video_pool": frames[1],
+            "experiment": f"exp-{name}", "mlflow_run_id": ""}
+
+
+def _all_held() -> list[dict]:
+    return [_point("nvila", 0.70, 100, tokens=100, prefill=5), _point("peer", 0.60, 120, prefill=8),
+            _point("fixed_uncompressed", 0.55, 60, text=0.2, tokens=64),
+            _point("s2_uncompressed", 0.71, 250, text=0.6, tokens=400, prefill=9),
+            _point("nvila_lite", 0.66, 90), _point("nvila_lite_no_vep", 0.63, 80),
+            _point("sparse_frames", 0.65, 95, video=0.35, frames=(8, 1)),
+            _point("deltaloss_0.5", 0.695, 55), _point("random_0.5", 0.68, 55)]
+
+
+def test_rows_sum_the_training_stages_and_count_scoring_only_where_used() -> None:
+    from tasks.frontier import frontier_rows
+
+    rows = {r["variant"]: r for r in frontier_rows(_all_held())}
+    assert rows["nvila"]["train_seconds"] == 100 and rows["nvila"]["train_steps"] == 100
+    assert rows["nvila"]["score_seconds"] == 0 and rows["deltaloss_0.5"]["score_seconds"] == 99.0
+    assert rows["nvila"]["acc_text"] == 0.5 and rows["nvila"]["chance_text"] == 0.125
+    # one standard error of the mean of 3 subsets of 30 samples each, all at 0.5
+    assert rows["nvila"]["se"] == pytest.approx(math.sqrt(3 * 0.25 / 30) / 3)
+    with pytest.raises(ValueError, match="frontier variant nvila: its evaluation has no acc_mean"):
+        frontier_rows([{**_point("nvila", 0.7, 1), "metrics": {}}])
+
+
+def test_every_goal_holds_on_numbers_that_meet_the_claims() -> None:
+    from tasks.frontier import frontier_rows
+    from tasks.frontier_goals import evaluate_goals
+
+    goals = evaluate_goals(frontier_rows(_all_held()), ["flashes", "motion"])
+    assert [g["goal"] for g in goals] == ["deltaloss", "stc", "dynamic_s2", "frames", "peer", "vision_pretrain"]
+    assert all(g["held"] is True for g in goals), [g for g in goals if not g["held"]]
+    assert "4.00x fewer" in goals[1]["numbers"] and "+40.0 points" in goals[2]["numbers"]
+
+
+@pytest.mark.parametrize(("name", "change", "goal"), [
+    ("deltaloss_0.5", {"acc": 0.685}, "deltaloss"),           # more than 1 point below all data
+    ("random_0.5", {"acc": 0.70}, "deltaloss"),               # random as good as DeltaLoss
+    ("nvila", {"acc": 0.68, "tokens": 100}, "stc"),           # 3 points below uncompressed
+    ("s2_uncompressed", {"acc": 0.71, "tokens": 300}, "stc"),  # only 3x fewer tokens
+    ("s2_uncompressed", {"seconds": 90}, "stc"),              # STC not faster
+    ("s2_uncompressed", {"text": 0.25}, "dynamic_s2"),        # 5 points only
+    ("sparse_frames", {"video": 0.5, "frames": (8, 1)}, "frames"),
+    ("sparse_frames", {"video": 0.3, "frames": (16, 1)}, "frames"),  # unequal tokens
+    ("peer", {"acc": 0.75}, "peer"),
+    ("peer", {"seconds": 90}, "peer"),                        # NVILA took longer
+    ("nvila_lite_no_vep", {"acc": 0.67}, "vision_pretrain"),
+])
+def test_a_goal_fails_when_its_claim_does_not_hold(name: str, change: dict, goal: str) -> None:
+    from tasks.frontier import frontier_rows
+    from tasks.frontier_goals import evaluate_goals
+
+    points = _all_held()
+    i = next(i for i, p in enumerate(points) if p["variant"] == name)
+    base = {"acc": points[i]["metrics"]["acc_mean"], "seconds": 100.0 if name == "nvila" else {
+        "peer": 120, "s2_uncompressed": 250, "random_0.5": 55, "deltaloss_0.5": 55}.get(name, 80),
+        "text": points[i]["metrics"]["acc_text"], "video": points[i]["metrics"]["acc_flashes"],
+        "tokens": points[i]["metrics"]["visual_tokens_per_sample"]}
+    points[i] = _point(name, **{**base, **change}, prefill=points[i]["metrics"]["prefill_ms"])
+    held = {g["goal"]: g["held"] for g in evaluate_goals(frontier_rows(points), ["flashes", "motion"])}
+    assert held[goal] is False and sum(h is False for h in held.values()) == 1, held
+
+
+def test_a_goal_whose_variants_did_not_run_is_not_measured() -> None:
+    from tasks.frontier import frontier_rows
+    from tasks.frontier_goals import evaluate_goals
+
+    goals = {g["goal"]: g for g in evaluate_goals(frontier_rows(_all_held()[:2]), ["flashes"])}
+    assert goals["peer"]["held"] is True and goals["deltaloss"]["held"] is None
+    assert "not measured" in goals["deltaloss"]["numbers"] and "random_0.5" in goals["deltaloss"]["numbers"]
+
+
+def test_report_files_table_and_plot(tmp_path: Path) -> None:
+    from tasks.frontier import markdown_report, write_report
+
+    rows, goals, paths = write_report(_all_held(), ["flashes", "motion"], tmp_path / "out",
+                                      {"mode": "quick", "wall_seconds": 600.0})
+    saved = json.loads(paths["json"].read_text())
+    assert saved["mode"] == "quick" and [r["variant"] for r in saved["rows"]][:2] == ["nvila", "peer"]
+    assert saved["goals"] == goals and len(saved["rows"]) == 9
+    table = paths["md"].read_text()
+    assert "# The efficient frontier (quick, 10.0 min)" in table
+    assert "| variant | acc_mean ± s.e. | chance | flashes (33.3) | motion (25.0) | text (12.5) |" in table
+    assert "| **deltaloss_0.5** | 69.5 ± " in table and "55 (+99 scoring) | 100 | 10.0 | 100 | `exp-deltaloss_0.5` |" \
+        in table
+    assert table.count("**held**") == 6
+    assert paths["png"].stat().st_size > 20_000
+    assert "MLflow run |" in markdown_report(rows, goals, ["text"], links=True)
