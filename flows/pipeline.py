@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 
 from flows.config import check_params, run_overrides
 from nvila_model.manifest import git_revision
-from nvila_model.params import read_params
+from nvila_model.params import ORCHESTRATION_KEYS, read_params
 from tasks import liveness
 from tasks.dvc_stages import out_paths, output_dir, plan
 from tasks.env import project_dir
@@ -52,7 +52,7 @@ def chains(data: dict[str, Any], registered_model: str) -> list[dict[str, str]]:
 
 def effective_params(data: dict[str, Any], stages: list[str]) -> dict[str, Any]:
     """The parent run's params: each flow parameter's effective value, and every setting of the run's params file."""
-    library = {k: v for k, v in data.items() if k not in ("pipeline", "sweep", "train_defaults")}
+    library = {k: v for k, v in data.items() if k not in (*ORCHESTRATION_KEYS, "train_defaults")}
     return {"preset": data["model"]["preset"], "seed": data["seed"], "keep_ratio": data["prune"]["keep_ratio"],
             "prune_method": data["prune"]["method"], "stages": ",".join(stages), **flatten(library)}
 

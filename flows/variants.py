@@ -61,10 +61,13 @@ def ordered(names: list[str]) -> list[Variant]:
 
 
 def run_settings(variant: Variant, base: dict[str, Any], reference_steps: int | None) -> dict[str, Any]:
-    """The params settings of the variant's run: the frontier's (`base`), then the variant's own. The peer trains for
+    """The params settings of the variant's run: the frontier's (`base`), then the variant's own; `model.overrides`
+    merge (the frontier's, e.g. Dynamic-S2 scales, under the variant's projector and S2 switch). The peer trains for
     as many optimizer steps as the reference's five stages took together (`reference_steps`, when it ran), with the
     same batch size: equal updates and samples, so accuracy is compared at what each costs in time."""
     settings = {**base, **variant.settings}
+    if "model.overrides" in base and "model.overrides" in variant.settings:
+        settings["model.overrides"] = {**base["model.overrides"], **variant.settings["model.overrides"]}
     if variant.name == "peer" and reference_steps:
         settings["peer.max_steps"] = int(reference_steps)
     return settings

@@ -83,6 +83,7 @@ def test_served_deployment_runs_a_real_stage_and_its_schedule_fires(tmp_path: Pa
         with temporary_settings(updates={PREFECT_API_URL: api}):
             asyncio.run(_wait_for_deployment(DEPLOYMENT, 120, api))
             asyncio.run(_wait_for_deployment("pruning-sweep/nvila-sweep", 30, api))  # served beside it
+            asyncio.run(_wait_for_deployment("efficient-frontier/nvila-frontier", 30, api))
             flow_run = run_deployment(DEPLOYMENT, parameters={"stages": ["generate"]}, timeout=240)
             assert flow_run.state is not None and flow_run.state.is_completed(), (
                 f"{flow_run.state}\n{(tmp_path / 'serve.log').read_text()[-3000:]}"

@@ -60,6 +60,9 @@ def test_the_reference_runs_first_and_settings_stack() -> None:
     assert run_settings(peer, {}, 321)["peer.max_steps"] == 321
     assert run_settings(VARIANTS["nvila"], {"prune.keep_ratio": 1.0}, 321) == {
         "prune.keep_ratio": 1.0, "model.overrides": {"projector": "mlp_downsample", "dynamic_s2": True}}
+    merged = run_settings(VARIANTS["fixed_uncompressed"], {"model.overrides": {"s2_scales": [32, 64],
+                                                                                "dynamic_s2": True}}, None)
+    assert merged["model.overrides"] == {"s2_scales": [32, 64], "projector": "none", "dynamic_s2": False}
 
 
 def _point(name: str, acc: float, seconds: float, steps: float = 100.0, text: float = 0.5, video: float = 0.5,
