@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,7 +48,10 @@ def hash_path(path: str | Path) -> str:
 def write_stage_manifest(
     out_dir: str | Path, stage: str, config: dict[str, Any], inputs: dict[str, str | Path] | None = None, **extra: Any
 ) -> Path:
-    """Write `out_dir/manifest.json` describing a finished stage output."""
+    """Write `out_dir/manifest.json` describing a finished stage output.
+
+    No timestamp: a stage re-run on unchanged inputs writes the same bytes, so DVC sees the same output and the
+    stages downstream of it are restored from its cache (DVC and git record when it ran)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -57,7 +59,6 @@ def write_stage_manifest(
         "config": config,
         "inputs": {name: {"path": str(p), "sha256": hash_path(p)} for name, p in (inputs or {}).items()},
         "git_revision": git_revision(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }
     path = out_dir / "manifest.json"

@@ -17,8 +17,7 @@ from nvila_model.data.render import COLOURS
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"}  # the stage manifest holds a timestamp
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_same_seed_gives_same_bytes(corpus: Path, scale: float, tmp_path: Path) -> None:

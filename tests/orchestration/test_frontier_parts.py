@@ -163,3 +163,14 @@ def test_report_files_table_and_plot(tmp_path: Path) -> None:
     assert table.count("**held**") == 6
     assert paths["png"].stat().st_size > 20_000
     assert "MLflow run |" in markdown_report(rows, goals, ["text"], links=True)
+
+
+def test_a_run_with_peers_reports_and_costs_each_peer() -> None:
+    from flows.pipeline import chains
+
+    data = check_params(PARAMS, {"peers": ["llava"]})
+    found = chains(data, "nvila-{preset}")
+    assert [c["column"] for c in found] == ["trained", "peer-llava"]
+    peer = found[1]
+    assert (peer["eval"], peer["model"], peer["registered"]) == ("eval_peer@llava", "peer@llava", "")
+    assert [c["column"] for c in chains(check_params(PARAMS), "nvila-{preset}")] == ["trained"], "none by default"

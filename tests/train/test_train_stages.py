@@ -194,3 +194,22 @@ def test_a_disabled_stage_passes_the_previous_model_on_unchanged(project, corpus
     assert json.loads((nxt / "meta.json").read_text())["global_steps"] == 2
     with pytest.raises(ValueError, match="projector_init: enabled is false, but the first training stage"):
         _run("projector_init", corpus_dir, "runs/first", enabled=False)
+
+
+def test_a_rerun_of_the_tokenizer_for_another_architecture_writes_the_same_bytes(corpus_dir, tmp_path):
+    """The tokenizer reads `model` (its vocabulary), so a new architecture re-runs it; equal bytes keep DVC's hash, and
+    every stage after it (scores, pruning) is restored from the cache instead of recomputed."""
+    from nvila_model.data.registry import DatasetsConfig
+    from nvila_model.train.config import ModelParams, TokenizerConfig
+    from nvila_model.train.tokenizer_stage import run_tokenizer
+    from tests.train.conftest import DATASETS
+
+    outs = []
+    for i, overrides in enumerate(({}, {"projector": "none", "dynamic_s2": False})):
+        if i:
+            time.sleep(1.1)  # a timestamp in any output file would now differ
+        outs.append(run_tokenizer(TokenizerConfig(), ModelParams(overrides=overrides), DatasetsConfig(**DATASETS),
+                                  corpus_dir / "data/raw/synth", tmp_path / f"tok{i}"))
+    files = [{p.name: p.read_bytes() for p in out.iterdir()} for out in outs]
+    assert files[0].keys() == files[1].keys() and "manifest.json" in files[0]
+    assert [name for name in files[0] if files[0][name] != files[1][name]] == []
