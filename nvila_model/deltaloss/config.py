@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field
 
+from nvila_model.device import check_device_setting
+
 PRUNE_METHODS = ("deltaloss", "random")
 
 
@@ -67,7 +69,7 @@ class ScoreConfig:
     batch_size: int = 50  # records per actor call
     micro_batch_size: int = 8  # records per forward pass inside an actor
     dtype: str = "float32"  # float32 | bfloat16
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda[:N]
     max_samples: int | None = None  # score only the first N records (debug runs)
     ray: RayConfig = field(default_factory=RayConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
@@ -80,8 +82,7 @@ class ScoreConfig:
             raise ValueError("score.batch_size and score.micro_batch_size must be >= 1")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"score.dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"score.device must be auto, cpu or cuda, got {self.device!r}")
+        check_device_setting(self.device, "score.device")
         self.ray.validate()
         self.bootstrap.validate()
 

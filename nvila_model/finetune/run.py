@@ -15,12 +15,14 @@ from typing import Any
 import torch
 from transformers import TrainingArguments, set_seed
 
+from nvila_model.checkpoint import load_checkpoint
 from nvila_model.data.collate import PaddingCollator
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.manifest import default_media_root, read_manifest, schema_problem
+from nvila_model.device import resolve_device
 from nvila_model.finetune.config import MODES, FinetuneConfig
 from nvila_model.finetune.memory import PeakMemory, model_state_bytes
-from nvila_model.finetune.modes import apply_mode, merge_lora, module_lrs
+from nvila_model.finetune.modes import apply_mode, load_llm_4bit, merge_into_base, merge_lora, module_lrs, qlora_refusal
 from nvila_model.manifest import write_stage_manifest
 from nvila_model.tracking import NullTracker, Tracker
 from nvila_model.train.hf_trainer import NVILATrainer, StageCallback
@@ -33,17 +35,6 @@ class FinetuneCallback(StageCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         return control
-
-
-def load_for_finetune(checkpoint: str | Path) -> tuple[Any, Any]:
-    """(model, processor) of any stage's NVILA checkpoint; anything else is a clear `ValueError`."""
-    from nvila_model.modeling import NVILAForConditionalGeneration
-    from nvila_model.processor import NVILAProcessor
-    from nvila_model.quant.quantize import check_nvila_checkpoint
-
-    check_nvila_checkpoint(checkpoint)
-    model = NVILAForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32)
-    return model, NVILAProcessor.from_pretrained(checkpoint)
 
 
 def valid_records(manifest: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -69,12 +60,16 @@ def training_args(cfg: FinetuneConfig, out: Path, bf16: bool) -> TrainingArgumen
         report_to="none", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
 
 
-def export(model: Any, processor: Any, out: Path) -> None:
-    """Save the LoRA adapter (when there is one) under `adapter/`, then the merged model as a plain checkpoint."""
+def export(model: Any, processor: Any, out: Path, checkpoint: Path) -> None:
+    """Save the LoRA adapter (when there is one) under `adapter/`, then the merged model as a plain checkpoint: LoRA
+    merges in place, QLoRA into a full-precision copy of `checkpoint` (never into the NF4 bytes)."""
     from peft import PeftModel
 
     if isinstance(model.language_model, PeftModel):
         model.language_model.save_pretrained(str(out / "adapter"))
+        if getattr(model.language_model.get_base_model(), "is_loaded_in_4bit", False):
+            base, _ = load_checkpoint(checkpoint, "cpu", allow_quantized=False)
+            model = merge_into_base(model, base, out / "adapter")
     merge_lora(model)
     model.requires_grad_(True)
     model.save_pretrained(str(out))
@@ -90,12 +85,17 @@ def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path | None = None, data
     out = Path(output or cfg.output)
     torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
-    model, processor = load_for_finetune(checkpoint)
+    model, processor = load_checkpoint(checkpoint, device=None, allow_quantized=False)
     records, dropped = valid_records(data)
     total_params = sum(p.numel() for p in model.parameters())
+    qlora = MODES[cfg.mode][1] == "qlora"
+    if qlora:
+        if reason := qlora_refusal():
+            raise ValueError(reason)
+        model.language_model = load_llm_4bit(checkpoint, model.config.text_config, resolve_device("auto"))
     trainable = apply_mode(model, cfg)
     lrs = module_lrs(model, cfg)
-    state_bytes = model_state_bytes(model, nf4_llm=MODES[cfg.mode][1] == "qlora")
+    state_bytes = model_state_bytes(model)
     precision = resolve_precision(cfg.precision)
     dataset = LlavaDataset(records, cfg.media_root or default_media_root(data), processor, max_length=cfg.max_length)
     callback = FinetuneCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
@@ -106,7 +106,7 @@ def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path | None = None, data
     with PeakMemory() as memory:
         result = trainer.train()
     seconds = time.perf_counter() - started
-    export(model, processor, out)
+    export(model, processor, out, checkpoint)
     if (out / "trainer").is_dir() and not any((out / "trainer").iterdir()):
         (out / "trainer").rmdir()  # the Trainer's output_dir stays empty: fine-tuning saves no Trainer checkpoints
     meta = {"kind": "nvila-finetuned", "mode": cfg.mode, "vision": MODES[cfg.mode][0], "llm": MODES[cfg.mode][1],
@@ -116,7 +116,8 @@ def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path | None = None, data
             "seconds_per_step": round(seconds / max(trainer.state.global_step, 1), 4),
             "peak_memory_bytes": memory.peak_bytes, "peak_memory_kind": memory.kind, "model_state_bytes": state_bytes,
             "final_loss": result.training_loss, "num_records": len(records), "dropped_records": dropped,
-            "skipped_records": len(dataset.failures), "lora_merged": MODES[cfg.mode][1] in ("lora", "qlora")}
+            "skipped_records": len(dataset.failures), "lora_merged": MODES[cfg.mode][1] in ("lora", "qlora"),
+            "llm_base": "bitsandbytes nf4 (merged into the fp32 base)" if qlora else "fp32"}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     (out / "log_history.json").write_text(json.dumps(callback.history, indent=2))
     write_stage_manifest(out, "finetune", asdict(cfg), inputs={"checkpoint": checkpoint, "data": data},

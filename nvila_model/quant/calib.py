@@ -53,6 +53,7 @@ def run_vision(model: Any, samples: list[dict[str, torch.Tensor]], max_tiles: in
     if not tiles:
         raise ValueError("calibration samples hold no image or video tiles")
     pixels = torch.cat(tiles)
+    device = next(model.parameters()).device
     for chunk in pixels.split(max_tiles):
-        model.vision_features(chunk)
+        model.vision_features(chunk.to(device))
     return int(pixels.shape[0])

@@ -27,6 +27,7 @@ def quantize(
     group_size: int | None = typer.Option(None, help="override quantize.llm.group_size (AWQ)"),
     vision: bool | None = typer.Option(None, "--vision/--no-vision", help="W8A8 the vision tower"),
     llm: bool | None = typer.Option(None, "--llm/--no-llm", help="W4A16 (AWQ) the LLM"),
+    device: str | None = typer.Option(None, help="override quantize.device: auto | cpu | cuda[:N]"),
 ) -> None:
     """W8A8 SmoothQuant vision tower + AWQ W4A16 LLM (`quantize` key); writes a directory `load_quantized` reads."""
     from nvila_model.params import load_config
@@ -34,7 +35,8 @@ def quantize(
     from nvila_model.quant.quantize import run_quantize
 
     cfg = load_config("quantize", QuantizeConfig, params,
-                      overrides={"checkpoint": checkpoint, "output": output, "calib_manifest": calib_manifest})
+                      overrides={"checkpoint": checkpoint, "output": output, "calib_manifest": calib_manifest,
+                                 "device": device})
     vision_changes = {k: v for k, v in {"alpha": alpha, "enabled": vision}.items() if v is not None}
     llm_changes = {k: v for k, v in {"group_size": group_size, "enabled": llm}.items() if v is not None}
     cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **vision_changes),
@@ -52,11 +54,12 @@ def infer(
     variant: str = typer.Option("fp32", help="fp32 | bf16 | quantized"),
     max_new_tokens: int = typer.Option(32, help="greedy decoding length limit"),
     threads: int = typer.Option(2, help="torch CPU threads"),
+    device: str = typer.Option("auto", help="auto (cuda when available) | cpu | cuda[:N]"),
 ) -> None:
     """Answer a prompt about an image or a video with the fp32, bf16 or quantized model."""
     from nvila_model.quant.infer import run_infer
 
-    typer.echo(run_infer(checkpoint, prompt, variant, image, video, max_new_tokens, threads))
+    typer.echo(run_infer(checkpoint, prompt, variant, image, video, max_new_tokens, threads, device))
 
 
 def finetune(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nvila_model.device import check_device_setting
+
 W8A8_BACKENDS = ("auto", "torch_ao", "torchao")
 VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
@@ -66,11 +68,13 @@ class QuantizeConfig:
     output: str = "runs/quantized"
     seed: int = 0
     num_threads: int = 2
+    device: str = "auto"  # auto (cuda when available: the torchao W8A8 backend, AWQ on the GPU) | cpu | cuda[:N]
     vision: VisionW8A8Config = field(default_factory=VisionW8A8Config)
     llm: LLMW4A16Config = field(default_factory=LLMW4A16Config)
 
     def validate(self) -> None:
         if not (self.vision.enabled or self.llm.enabled):
             raise ValueError("quantize: both vision.enabled and llm.enabled are false; nothing to quantize")
+        check_device_setting(self.device, "quantize.device")
         self.vision.validate()
         self.llm.validate()

@@ -7,8 +7,11 @@ from typing import Any
 
 import torch
 
+from nvila_model.checkpoint import is_quantized, load_checkpoint
 from nvila_model.data.loader import load_image, load_video
-from nvila_model.quant.loading import load_variant
+from nvila_model.device import resolve_device
+
+VARIANTS = {"fp32": torch.float32, "bf16": torch.bfloat16, "quantized": None}
 
 
 def prepare_prompt(processor: Any, prompt: str, image: str | Path | None = None,
@@ -31,18 +34,31 @@ def prepare_prompt(processor: Any, prompt: str, image: str | Path | None = None,
 @torch.inference_mode()
 def generate_ids(model: Any, sample: dict[str, torch.Tensor], max_new_tokens: int = 32) -> torch.Tensor:
     """Greedy continuation ids (without the prompt) of one encoded sample."""
-    input_ids = sample["input_ids"].unsqueeze(0)
+    device = next(model.parameters()).device
+    input_ids = sample["input_ids"].unsqueeze(0).to(device)
     out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                         pixel_values=sample["pixel_values"], media_layout=sample["media_layout"],
+                         pixel_values=sample["pixel_values"].to(device), media_layout=sample["media_layout"],
                          max_new_tokens=max_new_tokens, do_sample=False)
     return out[0, input_ids.shape[1]:]
 
 
+def load_variant(checkpoint: str | Path, variant: str, device: str | torch.device = "auto") -> tuple[Any, Any]:
+    """(model, processor): fp32 or bf16 of a plain checkpoint, or a quantized export, on `device`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} unknown; choose one of {tuple(VARIANTS)}")
+    device = resolve_device(device)
+    if (variant == "quantized") != is_quantized(checkpoint):
+        kind = "a quantized" if variant == "quantized" else "an unquantized"
+        raise ValueError(f"{checkpoint}: variant {variant} needs {kind} directory")
+    return load_checkpoint(checkpoint, device, dtype=VARIANTS[variant] or torch.float32)
+
+
 def run_infer(checkpoint: str | Path, prompt: str, variant: str = "fp32", image: str | Path | None = None,
-              video: str | Path | None = None, max_new_tokens: int = 32, num_threads: int = 2) -> str:
-    """Load `variant` of `checkpoint` and answer `prompt` about the image or video."""
+              video: str | Path | None = None, max_new_tokens: int = 32, num_threads: int = 2,
+              device: str = "auto") -> str:
+    """Load `variant` of `checkpoint` on `device` (auto: cuda when available) and answer `prompt` about the media."""
     torch.set_num_threads(num_threads)
-    model, processor = load_variant(checkpoint, variant)
+    model, processor = load_variant(checkpoint, variant, device)
     sample = prepare_prompt(processor, prompt, image, video)
     return processor.decode(generate_ids(model, sample, max_new_tokens))
 

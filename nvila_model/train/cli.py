@@ -57,13 +57,15 @@ def evaluate(
     checkpoint: str | None = typer.Option(None, help="override the model directory to evaluate"),
     out_dir: str | None = typer.Option(None, help="override the output directory"),
     limit: int | None = typer.Option(None, help="evaluate at most this many test samples per subset"),
+    device: str | None = typer.Option(None, help="override eval.device: auto (cuda when available) | cpu | cuda[:N]"),
 ) -> None:
     """Generation-based accuracy per subset on the test splits, plus efficiency (`eval` key)."""
     from nvila_model.evaluate import EvalConfig, run_eval
     from nvila_model.params import load_config
 
     cfg = load_config("eval", EvalConfig, params,
-                      overrides={"checkpoint": checkpoint, "out_dir": out_dir, "limit_per_subset": limit})
+                      overrides={"checkpoint": checkpoint, "out_dir": out_dir, "limit_per_subset": limit,
+                                 "device": device})
     metrics = run_eval(cfg)
     for key, value in metrics.items():
         typer.echo(f"{key:<32} {value:.4f}" if isinstance(value, float) else f"{key:<32} {value}")

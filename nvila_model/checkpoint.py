@@ -1,0 +1,58 @@
+"""One way to load an NVILA checkpoint directory: a training stage, a fine-tune or a quantized export, on a device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nvila_model.device import resolve_device
+
+QUANT_KIND = "quantized"  # meta.json `kind` of a directory written by `nvila quantize`
+
+
+def is_quantized(path: str | Path) -> bool:
+    """Whether `path` is a directory written by `nvila quantize` (its meta.json says kind: quantized)."""
+    meta_file = Path(path) / "meta.json"
+    return meta_file.is_file() and json.loads(meta_file.read_text()).get("kind") == QUANT_KIND
+
+
+def check_nvila_checkpoint(path: str | Path, allow_quantized: bool = True) -> None:
+    """A clear `ValueError` unless `path` is an NVILA checkpoint directory (config.json with model_type nvila)."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{path}: not an NVILA checkpoint (no config.json)")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != "nvila":
+        raise ValueError(f"{path}: not an NVILA checkpoint: config.json model_type is {model_type!r}, expected "
+                         "'nvila' (the output of a training, fine-tuning or quantize stage)")
+    if not allow_quantized and is_quantized(path):
+        raise ValueError(f"{path}: already quantized; use the unquantized checkpoint it came from")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device | None = "auto",
+                    dtype: torch.dtype = torch.float32, allow_quantized: bool = True) -> tuple[nn.Module, Any]:
+    """(model, processor) of any NVILA directory, plain or quantized.
+
+    `device`: a setting for `resolve_device` (auto: cuda when available), or None to leave the weights where loading
+    put them (training: the Trainer places the model, and under ZeRO-3 `from_pretrained` partitions it). A plain
+    checkpoint loads in `dtype` and eval mode; a quantized export keeps its own dtypes and is built on `device`.
+    """
+    from nvila_model.modeling import NVILAForConditionalGeneration
+    from nvila_model.processor import NVILAProcessor
+
+    target = None if device is None else resolve_device(device)
+    check_nvila_checkpoint(path, allow_quantized)
+    processor = NVILAProcessor.from_pretrained(path)
+    if is_quantized(path):
+        from nvila_model.quant.loading import load_quantized
+
+        return load_quantized(path, target or torch.device("cpu")), processor
+    model = NVILAForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+    if target is None:
+        return model, processor
+    return model.to(target).eval(), processor
