@@ -44,6 +44,7 @@ class StageConfig:
     packing: bool = True
     pack_tokens: int | None = None           # token budget of one packed row; default max_length
     precision: str = "auto"                  # auto (bf16 where supported) | fp32 | bf16 | fp8
+    fp8_emulate: bool | None = None          # fp8 matmuls emulated in bf16; None: exactly when no FP8 GPU
     attn_implementation: str = "auto"        # auto (flash-attn varlen on GPU when installed, else sdpa) | sdpa | eager
     gradient_checkpointing: bool = False
     deepspeed: str | None = None             # a configs/deepspeed/*.json, used when distributed or on GPU

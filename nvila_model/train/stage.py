@@ -140,7 +140,7 @@ def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]],
     """
     tracker = tracker or NullTracker()
     out = Path(cfg.out_dir)
-    precision = resolve_precision(cfg.precision)
+    precision = resolve_precision(cfg.precision, cfg.fp8_emulate)
     use_bf16 = precision == "bf16" or (precision.startswith("fp8") and bf16_supported())
     args = training_arguments(cfg, out, use_bf16)  # sets up torch.distributed under torchrun / deepspeed
     with args.main_process_first(desc="stage directory"):

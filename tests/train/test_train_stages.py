@@ -89,6 +89,35 @@ def test_fp8_emulation_converts_exactly_the_llm_linears_and_trains(project):
     assert {n for n, m in model.named_modules() if isinstance(m, Float8Linear)} == set(targets)
 
 
+def test_fp8_scaled_mm_meets_the_multiple_of_16_rule_on_any_token_count(project, monkeypatch):
+    """The real float8 matmul (`fp8_emulate: false`): cuBLAS's `torch._scaled_mm` needs the inner dimension and both
+    dimensions of the second operand to be multiples of 16; the CPU kernel does not check, so this test does, on
+    every call, with micro-batches whose token count (the weight gradient's inner dimension) is not."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    shapes, token_counts = [], []
+    real_mm, real_forward = torch._scaled_mm, Float8Linear.forward
+
+    def scaled_mm(a, b, *args, **kwargs):
+        shapes.append((tuple(a.shape), tuple(b.shape)))
+        return real_mm(a, b, *args, **kwargs)
+
+    def forward(self, x):
+        token_counts.append(x.shape[:-1].numel())
+        return real_forward(self, x)
+
+    monkeypatch.setattr(torch, "_scaled_mm", scaled_mm)
+    monkeypatch.setattr(Float8Linear, "forward", forward)
+    cfg, model_params, datasets = _load("token_pretrain", precision="fp8", fp8_emulate=False, max_steps=2,
+                                        batch_size=3)
+    out = run_stage("token_pretrain", cfg, model_params, datasets)
+    assert '"precision": "fp8-cpu-scaled-mm"' in (out / "meta.json").read_text()
+    assert any(n % 16 for n in token_counts), token_counts  # else this test would prove nothing
+    assert len(shapes) == 3 * len(token_counts)  # output, grad_input and grad_weight of every float8 Linear call
+    broken = [(a, b) for a, b in shapes if a[1] % 16 or b[0] % 16 or b[1] % 16]
+    assert not broken, broken[:3]
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(project):
     from transformers import TrainerCallback
 
