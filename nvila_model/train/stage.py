@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 from transformers import TrainingArguments, set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
+from nvila_model.checkpoint import load_checkpoint
 from nvila_model.data.collate import PackingCollator, PaddingCollator
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.manifest import read_manifest
@@ -36,11 +38,8 @@ log = logging.getLogger(__name__)
 def build_model(cfg: StageConfig, model_params: ModelParams) -> tuple[NVILAForConditionalGeneration, NVILAProcessor]:
     """The previous stage's model, or (first stage) a fresh one from the preset and the trained tokenizer."""
     if cfg.init_from:
-        init = Path(cfg.init_from)
-        if not (init / "config.json").is_file():
-            raise ValueError(f"{init}: init_from is not a stage checkpoint directory (no config.json)")
-        model = NVILAForConditionalGeneration.from_pretrained(init)
-        tokenizer = NVILAProcessor.from_pretrained(init).tokenizer
+        model, processor = load_checkpoint(cfg.init_from, device=None, allow_quantized=False)
+        tokenizer = processor.tokenizer
     else:
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
         config = build_config(model_params.preset, **model_params.overrides)
@@ -65,7 +64,9 @@ def freeze_except(model: NVILAForConditionalGeneration, train_modules: list[str]
     unused = set(model.unused_vision_parameters())
     for name, p in model.named_parameters():
         p.requires_grad_(name.split(".", 1)[0] in train_modules and name not in unused)
-    return {m: sum(p.numel() for p in model.get_submodule(m).parameters() if p.requires_grad) for m in MODULES}
+    # a ZeRO-3 partitioned parameter is an empty placeholder; ds_numel is its full size
+    return {m: sum(getattr(p, "ds_numel", p.numel()) for p in model.get_submodule(m).parameters() if p.requires_grad)
+            for m in MODULES}
 
 
 def train_records(cfg: StageConfig, datasets: DatasetsConfig) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -98,6 +99,18 @@ def training_arguments(cfg: StageConfig, out: Path, bf16: bool) -> TrainingArgum
         activation_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed if use_deepspeed else None,
         use_cpu=not torch.cuda.is_available(), save_only_model=False, disable_tqdm=False,
     )
+
+
+def make_collator(cfg: StageConfig, pad_id: int, attention: str) -> tuple[Any, str]:
+    """The stage's batch collator and how it lays out a micro-batch (recorded in meta.json): with flash-attn one
+    packed row per micro-batch with varlen boundaries, with SDPA/eager rows of at most `pack_tokens` tokens."""
+    if not cfg.packing:
+        return PaddingCollator(pad_id), "padded rows, one sample each"
+    if attention == "flash_attention_2":
+        return (PackingCollator(pad_id, None, flash_attn_kwargs=True),
+                "one packed row per micro-batch, flash-attn varlen boundaries (cu_seq_lens_q/k)")
+    budget = cfg.pack_tokens or cfg.max_length
+    return PackingCollator(pad_id, budget), f"packed rows of <= {budget} tokens, block-diagonal mask from position_ids"
 
 
 def config_fingerprint(stage: str, cfg: StageConfig, model_params: ModelParams) -> str:
@@ -146,20 +159,27 @@ def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]],
     with args.main_process_first(desc="stage directory"):
         resume_from = resume_point(out, fingerprint, cfg.resume, is_main=args.process_index == 0)
     set_seed(cfg.seed)
-    model, processor = make_model()
+    zero3 = is_deepspeed_zero3_enabled()  # the TrainingArguments above registered the DeepSpeed config
+    if zero3:
+        import deepspeed
+
+        # zero.Init takes the world size from deepspeed.comm: the TrainingArguments set it up on GPUs; on CPU (gloo)
+        # only torch.distributed is, and this wraps that group (a no-op when already done)
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    model, processor = make_model()  # under ZeRO-3 transformers builds and loads it inside deepspeed.zero.Init
     attention = resolve_attention(cfg.attn_implementation)
     model.set_attn_implementation(attention)
     trainable = freeze_except(model, cfg.train_modules)
     fp8_layers = convert_fp8(model, precision) if precision.startswith("fp8") else []
     dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length, substitute_failed=True)
-    pad_id = processor.pad_id
-    collator = PackingCollator(pad_id, cfg.pack_tokens or cfg.max_length) if cfg.packing else PaddingCollator(pad_id)
+    collator, layout = make_collator(cfg, processor.pad_id, attention)
     callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
     trainer = NVILATrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                            module_lrs=cfg.lr, callbacks=[callback])
     run = {"stage": stage, "precision": precision, "attention": attention, "fp8_layers": len(fp8_layers),
-           "packing": cfg.packing, "deepspeed": args.deepspeed or "off", "trainable_params": trainable,
-           "num_train_records": len(records), "resumed_from": resume_from}
+           "packing": cfg.packing, "batch_layout": layout, "deepspeed": args.deepspeed or "off",
+           "built_under_zero_init": zero3, "trainable_params": trainable, "num_train_records": len(records),
+           "resumed_from": resume_from}
     tracker.log_params({f"{stage}.{k}": v for k, v in asdict(cfg).items()} | {"precision_path": precision})
     log.info("stage %s: %s", stage, run)
     started = time.perf_counter()

@@ -18,7 +18,7 @@ from nvila_model.params import load_config
 from nvila_model.train.config import MODULES, ModelParams, StageConfig
 from nvila_model.train.hf_trainer import NonFiniteLossError, module_param_groups
 from nvila_model.train.precision import is_fp8_target
-from nvila_model.train.stage import build_model, run_stage
+from nvila_model.train.stage import build_model, make_collator, run_stage
 
 
 def _load(stage: str, **overrides):
@@ -45,6 +45,7 @@ def test_first_stage_trains_only_the_projector_and_chains(project):
         assert same != name.startswith("projector."), name
     meta = (out / "meta.json").read_text()
     assert '"precision": "fp32"' in meta and (out / "manifest.json").is_file()
+    assert '"batch_layout": "packed rows of <= 512 tokens, block-diagonal mask from position_ids"' in meta
     assert any(p.name.startswith("checkpoint-") for p in (out / "checkpoints").iterdir())
 
 
@@ -177,6 +178,14 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted(project):
     straight, killed = _weights(Path("runs/straight")), _weights(Path("runs/killed"))
     for name in straight:
         assert torch.equal(straight[name], killed[name]), name
+
+
+def test_flash_attention_packs_one_row_per_micro_batch():
+    cfg = StageConfig(out_dir="x", train_modules=["projector"], lr={"projector": 1e-3}, datasets=["d"], pack_tokens=64)
+    flash, layout = make_collator(cfg, 0, "flash_attention_2")
+    assert flash.max_tokens is None and flash.flash_attn_kwargs and "varlen" in layout
+    sdpa, layout = make_collator(cfg, 0, "sdpa")
+    assert sdpa.max_tokens == 64 and not sdpa.flash_attn_kwargs and "<= 64 tokens" in layout
 
 
 def test_module_names_are_the_model_children(project):
