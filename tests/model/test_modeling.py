@@ -110,7 +110,7 @@ def test_media_marker_mismatch_is_a_clear_error(processor, tiny_model):
 
 
 def test_presets_load_and_tiny_is_small():
-    assert set(PRESETS) == {"tiny", "small", "nvila-8b", "nvila-lite-8b"}
+    assert set(PRESETS) == {"tiny", "small", "gpu-check", "nvila-8b", "nvila-lite-8b"}
     for name in ("tiny", "small"):
         model = NVILAForConditionalGeneration(build_config(name))
         assert sum(p.numel() for p in model.parameters()) < (5e6 if name == "tiny" else 2e7)
@@ -132,6 +132,16 @@ def test_paper_presets_on_meta_device(name, projector_params):
     assert config.projector_in_channels == 3 * 1152
     # an 800x2000 image: the 2x5 grid of 448 tiles gives 10 * tokens_per_tile tokens
     assert config.tokens_per_tile * 10 == (2560 if name == "nvila-8b" else 1210)
+
+
+def test_gpu_check_preset_is_hundreds_of_millions_with_fp8_and_awq_sizes():
+    config = build_config("gpu-check")
+    with torch.device("meta"):
+        model = NVILAForConditionalGeneration(config)
+    assert 3e8 < sum(p.numel() for p in model.parameters()) < 4e8
+    linears = [m for n, m in model.language_model.model.layers.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.in_features % 128 == 0 and m.out_features % 64 == 0 for m in linears)
+    assert config.tokens_per_tile == 49
 
 
 def test_config_validation_errors():
