@@ -42,7 +42,7 @@ class StageConfig:
     num_video_frames: int | None = None      # override the model's frames for this stage
     video_pool_size: int | None = None
     packing: bool = True
-    pack_tokens: int | None = None           # token budget of one packed row; default max_length
+    pack_tokens: int | None = None           # token budget of one packed row (SDPA/eager); default max_length
     precision: str = "auto"                  # auto (bf16 where supported) | fp32 | bf16 | fp8
     fp8_emulate: bool | None = None          # fp8 matmuls emulated in bf16; None: exactly when no FP8 GPU
     attn_implementation: str = "auto"        # auto (flash-attn varlen on GPU when installed, else sdpa) | sdpa | eager
