@@ -10,15 +10,9 @@ from pydantic import Field
 from nvila_model.params import config
 
 MODULES = ("vision_tower", "projector", "language_model")
-STAGES = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")
 Module = Literal["vision_tower", "projector", "language_model"]
 Precision = Literal["auto", "fp32", "bf16", "fp8"]
 Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
-
-
-# `params.yaml:init_checkpoints`: released NVILA checkpoints (the official layout) to adapt instead of training from
-# scratch, {name: folder}. Each gets its own import -> fine-tune -> quantize -> eval stages in dvc.yaml (`@name`).
-InitCheckpoints = dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")], str]
 
 
 @config
