@@ -156,7 +156,7 @@ def test_every_stage_command_reads_only_what_its_dvc_stage_lists(runs):
         seen.add(stage.name)
         deps = [str(Path(d.def_path)) for d in stage.deps]
         for module in record["modules"]:
-            if not module.startswith("nvila_model/") or module.endswith(("__init__.py", "/cli.py")) or module == TRACKER:
+            if not module.startswith("nvila_model/") or module.endswith(("__init__.py", "/cli.py", TRACKER)):
                 continue
             assert any(module == d or module.startswith(d.rstrip("/") + "/") for d in deps), (
                 f"{stage.name} runs {module}, which its dvc.yaml deps do not list")
