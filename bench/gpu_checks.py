@@ -20,7 +20,7 @@ import torch
 from common import make_corpus
 
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
-from nvila_model.params import from_dict
+from nvila_model.params import parse
 from nvila_model.train.config import MODULES, ModelParams, StageConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,18 +51,25 @@ class Workspace:
         return "bf16" if self.cuda or bf16_supported() else "fp32"
 
     def datasets(self) -> DatasetsConfig:
-        return from_dict(DatasetsConfig, {"entries": {"synth": {"manifest": str(self.data / "{split}.jsonl")}}})
+        """One dataset, `synth`: the generated corpus `data` (given to the stages as their data folder)."""
+        return parse(DatasetsConfig, {"entries": {"synth": {}}})
 
     def records(self, split: str = "train") -> list[dict[str, Any]]:
-        return DatasetRegistry(self.datasets()).records("synth", split)
+        return DatasetRegistry(self.datasets(), self.data).records("synth", split)
 
     def stage(self, name: str, precision: str, **changes: Any) -> StageConfig:
         """Stage settings shared by the training checks: every module trains, same seed, data and steps."""
         lrs = {"vision_tower": 2e-5, "projector": 2e-4, "language_model": 2e-4}
-        return StageConfig(out_dir=str(self.root / name), train_modules=list(MODULES), lr=lrs, datasets=["synth"],
-                           tokenizer_dir=str(self.tokenizer), batch_size=self.batch_size, max_steps=self.steps,
-                           logging_steps=max(1, self.steps // 5), save_steps=10**6, warmup_ratio=0.0,
-                           precision=precision, max_length=1024, resume=False, **changes)
+        logging_steps = max(1, self.steps // 5)
+        return StageConfig(train_modules=list(MODULES), lr=lrs, datasets=["synth"], batch_size=self.batch_size,
+                           max_steps=self.steps, logging_steps=logging_steps, save_steps=logging_steps * 10**6,
+                           warmup_ratio=0.0, precision=precision, max_length=1024, resume=False, **changes)
+
+    def build(self, cfg: StageConfig) -> Any:
+        """A fresh model of the preset with the corpus's tokenizer, as the first training stage builds it."""
+        from nvila_model.train.stage import build_model
+
+        return build_model(cfg, ModelParams(preset=self.preset), tokenizer_dir=self.tokenizer)
 
     def checkpoint(self) -> Path:
         """The bf16 check's trained stage; a freshly built model when that check did not run or failed."""
@@ -71,9 +78,7 @@ class Workspace:
             return trained
         fresh = self.root / "fresh"
         if not (fresh / "config.json").is_file():
-            from nvila_model.train.stage import build_model
-
-            model, processor = build_model(self.stage("fresh", "fp32"), ModelParams(preset=self.preset))
+            model, processor = self.build(self.stage("fresh", "fp32"))
             model.save_pretrained(str(fresh))
             processor.save_pretrained(fresh)
         return fresh
@@ -96,10 +101,10 @@ def free_memory() -> None:
 
 def train_run(ws: Workspace, name: str, cfg: StageConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Train with the library's `fit`; the throughput skips the first logging interval (warm-up, compilation)."""
-    from nvila_model.train.stage import build_model, fit
+    from nvila_model.train.stage import fit
 
     free_memory()
-    out = fit(name, cfg, lambda: build_model(cfg, ModelParams(preset=ws.preset)), records, {}, f"gpu-check-{name}")
+    out = fit(name, cfg, lambda: ws.build(cfg), records, {}, ws.root / name, ws.root / "work" / name)
     meta = json.loads((out / "meta.json").read_text())
     history = json.loads((out / "log_history.json").read_text())
     rates = [h["samples_per_s"] for h in history if "samples_per_s" in h]
@@ -192,15 +197,12 @@ def check_flash_varlen(ws: Workspace) -> dict[str, Any]:
 
 def check_eval_generate(ws: Workspace) -> dict[str, Any]:
     """The eval stage (batched greedy generation, prefill and decode timing) and `nvila infer` on `ws.device`."""
-    from nvila_model.evaluate import EvalConfig, run_eval
+    from nvila_model.evaluate import run_eval
     from nvila_model.quant.infer import run_infer
+    from nvila_model.train.config import EvalConfig
 
-    params = ws.root / "eval_params.yaml"
-    params.write_text(json.dumps({"datasets": {"entries": {"synth": {"manifest": str(ws.data / "{split}.jsonl")}}}}))
-    cfg = EvalConfig(checkpoint=str(ws.checkpoint()), datasets=["synth"], out_dir=str(ws.root / "eval"),
-                     limit_per_subset=4, subsets_file=str(ws.data / "subsets.json"), params_file=str(params),
-                     decode_tokens=32, device=str(ws.device))
-    metrics = run_eval(cfg)
+    cfg = EvalConfig(datasets=["synth"], limit_per_subset=4, decode_tokens=32, device=str(ws.device))
+    metrics = run_eval(cfg, ws.datasets(), data=ws.data, checkpoint=ws.checkpoint(), out=ws.root / "eval")
     device = json.loads((ws.root / "eval" / "manifest.json").read_text())["device"]
     image = next(r["image"] for r in ws.records("test") if "image" in r)
     answer = run_infer(ws.checkpoint(), "What colour is the shape?", "bf16", image=image, max_new_tokens=8,

@@ -1,81 +1,152 @@
-"""The full NVILA pipeline flow: data -> pruning -> five training stages -> eval -> fine-tune/quantize -> eval."""
+"""The pipeline flow: one Prefect task per DVC stage, in a private workspace, saved as a DVC experiment.
+
+The stages, their order and what each needs come from `dvc.yaml` (through DVC's API). A run:
+1. checks the whole params file with the run's parameters written in (one line per problem, nothing started);
+2. opens a git worktree of the project (its uncommitted changes included) sharing the DVC cache, and writes the
+   run's parameters into its params.yaml, as `dvc exp run -S` does;
+3. runs each selected stage (and what it needs) with `dvc repro --single-item`: unchanged stages are restored from
+   DVC's run-cache, the others computed; each stage is a Prefect task and an MLflow child run;
+4. saves the workspace as a DVC experiment named after the flow run and pushes its outputs to the default remote;
+5. reports (MLflow metrics and plots, the Prefect artifact when it evaluated, the model registry);
+6. with `apply`, brings the experiment into the project's working tree (`dvc exp apply`).
+"""
 
 # No `from __future__ import annotations`: Prefect builds its parameter model from the live annotations.
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.parts import PARTS, Plan, data_flow, deployment_flow, evaluation_flow, pruning_flow, training_flow
+from flows.config import check_params, run_overrides
+from nvila_model.manifest import git_revision
 from nvila_model.params import read_params
-from tasks.report import close_pipeline_run, open_pipeline_run, publish_report, register_model
-from tasks.stages import ORDER, spec
+from tasks import liveness
+from tasks.dvc_stages import output_dir, plan
+from tasks.env import project_dir
+from tasks.report import close_pipeline_run, open_pipeline_run, publish_report, read_metrics, register_model
+from tasks.stage_task import RunContext, run_stage
+from tasks.tracking import dvc_lock_hashes, flatten, run_status
+from tasks.workspace import Workspace, apply_experiment, save_experiment, set_params, valid_name, workspace
 
-Preset = Literal["tiny", "small", "nvila-8b", "nvila-lite-8b"]
-PruneMethod = Literal["deltaloss", "random"]
-StageName = Literal[
-    "generate", "validate", "tokenizer", "score", "prune", "projector_init", "vision_pretrain", "token_pretrain",
-    "image_sft", "video_sft", "eval", "finetune", "quantize", "eval_quantized",
-]
-SUBFLOWS = {"data": data_flow, "pruning": pruning_flow, "training": training_flow, "evaluation": evaluation_flow,
-            "deployment": deployment_flow}
-assert tuple(s for part in PARTS.values() for s in part) == ORDER
+TRAINING = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")
 
 
-def _run_name() -> str:
-    return str(flow_run.name or "nvila-pipeline")
+def chains(data: dict[str, Any], registered_model: str) -> list[dict[str, str]]:
+    """The models a run trains or adapts, and the dvc.yaml stages of each: its report column, its eval stages, the
+    stages whose outputs are registered, and under which name. From scratch by default; with `init_checkpoints`,
+    each released checkpoint's chain (the `@name` stages) instead."""
+    if not data["init_checkpoints"]:
+        return [{"column": "trained", "eval": "eval", "eval_quantized": "eval_quantized", "model": "video_sft",
+                 "quantized": "quantize", "registered": registered_model.format(preset=data["model"]["preset"])}]
+    return [{"column": name, "eval": f"eval_imported@{name}", "eval_quantized": f"eval_quantized_imported@{name}",
+             "model": f"finetune_imported@{name}", "quantized": f"quantize_imported@{name}",
+             "registered": registered_model and f"nvila-{name}"} for name in data["init_checkpoints"]]
+
+
+def effective_params(data: dict[str, Any], stages: list[str]) -> dict[str, Any]:
+    """The parent run's params: each flow parameter's effective value, and every setting of the run's params file."""
+    library = {k: v for k, v in data.items() if k not in ("pipeline", "sweep", "train_defaults")}
+    return {"preset": data["model"]["preset"], "seed": data["seed"], "keep_ratio": data["prune"]["keep_ratio"],
+            "prune_method": data["prune"]["method"], "stages": ",".join(stages), **flatten(library)}
+
+
+def training_cost(ws: Workspace, order: list[str]) -> dict[str, dict[str, float]]:
+    """Seconds, optimizer steps and records of each training stage of the run, from its `meta.json` (restored
+    stages report the time their model took to train)."""
+    cost = {}
+    for stage in (s for s in TRAINING if s in order):
+        meta = json.loads((output_dir(ws.root, stage) / "meta.json").read_text())
+        cost[stage] = {"train_seconds": float(meta["train_seconds"]), "train_steps": float(meta["global_steps"]),
+                       "train_records": float(meta["num_train_records"])}
+    return cost
+
+
+def _report(run: RunContext, ws: Workspace, order: list[str], results: list[dict[str, Any]], experiment: str,
+            models: list[dict[str, str]], best_metric: str) -> dict[str, dict[str, float]]:
+    """Metrics to the parent run, the Prefect artifact (only when the run evaluated), models to the registry."""
+    columns = {}
+    for chain in models:
+        for suffix, stage in (("", chain["eval"]), ("-quantized", chain["eval_quantized"])):
+            if stage in order:
+                columns[("quantized" if chain["column"] == "trained" else chain["column"] + suffix) if suffix
+                        else chain["column"]] = read_metrics(output_dir(ws.root, stage))
+    if columns:
+        how = {r["stage"]: f"restored from run {r['cached_from']}" if r["cached"] else "ran" for r in results}
+        publish_report(run, columns, experiment, how)
+    for chain in models:
+        for suffix, stage in (("", chain["model"]), ("-quantized", chain["quantized"])):
+            if chain["registered"] and stage in order:
+                column = "quantized" if suffix and chain["column"] == "trained" else chain["column"] + suffix
+                value = columns.get(column, {}).get(best_metric)
+                register_model(run, output_dir(ws.root, stage), chain["registered"] + suffix, best_metric, value)
+    return columns
 
 
 @flow(name="nvila-pipeline", log_prints=True)
 def nvila_pipeline(
-    preset: Preset | None = None,
-    stages: list[StageName] | Literal["all"] = "all",
-    datasets: list[str] | None = None,
+    preset: str | None = None,
+    stages: list[str] | Literal["all"] = "all",
     seed: int | None = None,
     keep_ratio: float | None = None,
-    prune_method: PruneMethod | None = None,
+    prune_method: str | None = None,
+    overrides: dict[str, Any] | None = None,
     experiment: str = "nvila",
     params_file: str = "params.yaml",
     registered_model: str = "nvila-{preset}",
     best_metric: str = "acc_mean",
-    output_root: str | None = None,
-    overrides: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, str]:
-    """Run the selected stages (default all) in pipeline order; unset parameters come from params.yaml.
+    apply: bool = False,
+    init_checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """Run the selected stages (default all; each with what it needs) as a DVC experiment.
 
-    Returns the output path of each stage that ran, plus `mlflow_run_id`. Tracks one MLflow parent run with a
-    child run per stage, publishes the eval metrics as a Prefect artifact,
-    and registers the trained (and quantized) model as `registered_model` ("" skips it), moving the `best` alias
-    to the best version by `best_metric`. `output_root` moves the outputs of the SFT stages and what follows them
-    from `runs/` to another folder (sweep points). `overrides` sets config fields per params key, e.g.
-    `{"image_sft": {"epochs": 5, "max_steps": -1}}`, for every stage that reads the key.
+    `preset`, `seed`, `keep_ratio` and `prune_method` set `model.preset`, `seed`, `prune.keep_ratio` and
+    `prune.method`; `overrides` sets any other setting by its dotted name (`{"image_sft.epochs": 5}`), like
+    `dvc exp run -S`. Unset parameters keep params.yaml's values. `init_checkpoint` (a released NVILA checkpoint
+    folder) adapts that model instead of training one: it is imported, fine-tuned, quantized, evaluated and
+    registered (an `init_checkpoints` entry named after the folder). `apply` brings the finished experiment into the
+    project's working tree. Returns the experiment name, the MLflow parent run, what each stage did, the eval
+    metrics and the training stages' cost.
     """
-    selected = list(ORDER) if stages == "all" else [s for s in ORDER if s in stages]
-    unknown = sorted(set(overrides or {}) - {key for stage in ORDER for key, _ in spec(stage).keys})
-    if unknown:
-        raise ValueError(f"overrides: no stage reads params key(s) {unknown}")
-    preset = preset or read_params(params_file).get("model", {}).get("preset", "tiny")
-    values: dict[str, Any] = {"preset": preset, "seed": seed, "datasets": datasets, "keep_ratio": keep_ratio,
-                              "prune_method": prune_method, "output_root": output_root, "stages": selected,
-                              "overrides": overrides}
-    run = open_pipeline_run(experiment, _run_name(), {**values, "params_file": params_file})
-    plan = Plan(params_file=params_file, values=values, selected=selected, run=run)
-    ok = False
-    try:
-        outputs: dict[str, str] = {}
-        for part, subflow in SUBFLOWS.items():
-            if any(stage in selected for stage in PARTS[part]):
-                outputs.update(subflow(plan))
-        evals = {name: outputs[stage] for name, stage in (("trained", "eval"), ("quantized", "eval_quantized"))
-                 if stage in outputs}
-        publish_report(run, evals, outputs)
-        name = registered_model.format(preset=preset)
-        if name and "video_sft" in outputs:
-            register_model(run, outputs["video_sft"], name, best_metric, outputs.get("eval"))
-        if name and "quantize" in outputs:
-            register_model(run, outputs["quantize"], f"{name}-quantized", best_metric, outputs.get("eval_quantized"))
-        ok = True
-        return {**outputs, "mlflow_run_id": run.parent_run_id}
-    finally:
-        close_pipeline_run(run, ok)
+    project = project_dir()
+    settings = run_overrides({"preset": preset, "seed": seed, "keep_ratio": keep_ratio,
+                              "prune_method": prune_method}, overrides)
+    if init_checkpoint:
+        folder = Path(init_checkpoint).expanduser().resolve()
+        settings[f"init_checkpoints.{valid_name(folder.name, strict=True)}"] = str(folder)
+    data = check_params(project / params_file, settings)
+    models = chains(data, registered_model)
+    targets = list(stages) if stages != "all" else [s for m in models for s in (m["eval"], m["eval_quantized"])]
+    name = valid_name(str(flow_run.name or "nvila-run"))
+    liveness.reap_stale(project)
+    with workspace(project, name) as ws:
+        if settings:
+            set_params(ws.root / params_file, settings)
+        assert read_params(ws.root / params_file) == data, "the workspace's params differ from the checked ones"
+        # The stages and their order come from the workspace's dvc.yaml with the run's params (`@name` stages
+        # exist once params name them); everything upstream of the targets comes along, restored when unchanged.
+        order = plan(ws.root, None if stages == "all" and not data["init_checkpoints"] else targets)
+        run = open_pipeline_run(experiment, name, effective_params(data, order),
+                                {"git.revision": git_revision(project), "partial": str(stages != "all").lower()})
+        status, tags = run_status(False), {}
+        liveness.register(project, name, str(flow_run.id), run.parent_run_id)
+        try:
+            results = [run_stage(stage, ws, run) for stage in order]
+            exp = save_experiment(ws, order)
+            tags = {"dvc.experiment": exp, **dvc_lock_hashes(ws.root)}
+            columns = _report(run, ws, order, results, exp, models, best_metric)
+            cost = training_cost(ws, order)
+            status = run_status(True)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            close_pipeline_run(run, status, tags)
+            liveness.unregister(project, name)
+    if apply:
+        apply_experiment(project, exp)
+    return {"experiment": exp, "mlflow_run_id": run.parent_run_id, "applied": apply,
+            "stages": {r["stage"]: "restored" if r["cached"] else "ran" for r in results},
+            "metrics": columns, "train_cost": cost}

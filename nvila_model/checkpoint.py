@@ -12,6 +12,7 @@ from torch import nn
 from nvila_model.device import resolve_device
 
 QUANT_KIND = "quantized"  # meta.json `kind` of a directory written by `nvila quantize`
+WEIGHTS = "model.safetensors"  # of every NVILA directory, plain or quantized
 
 
 def is_quantized(path: str | Path) -> bool:
@@ -26,7 +27,10 @@ def check_nvila_checkpoint(path: str | Path, allow_quantized: bool = True) -> No
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ValueError(f"{path}: not an NVILA checkpoint (no config.json)")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ValueError(f"{config_file}: cannot be read as a model config ({type(exc).__name__})") from None
     if model_type != "nvila":
         raise ValueError(f"{path}: not an NVILA checkpoint: config.json model_type is {model_type!r}, expected "
                          "'nvila' (the output of a training, fine-tuning or quantize stage)")
@@ -35,24 +39,32 @@ def check_nvila_checkpoint(path: str | Path, allow_quantized: bool = True) -> No
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device | None = "auto",
-                    dtype: torch.dtype = torch.float32, allow_quantized: bool = True) -> tuple[nn.Module, Any]:
+                    dtype: torch.dtype | str = torch.float32, allow_quantized: bool = True) -> tuple[nn.Module, Any]:
     """(model, processor) of any NVILA directory, plain or quantized.
 
     `device`: a setting for `resolve_device` (auto: cuda when available), or None to leave the weights where loading
     put them (training: the Trainer places the model, and under ZeRO-3 `from_pretrained` partitions it). A plain
-    checkpoint loads in `dtype` and eval mode; a quantized export keeps its own dtypes and is built on `device`.
+    checkpoint loads in `dtype` ("auto": the dtype it was saved in) and eval mode; a quantized export keeps its own
+    dtypes and is built on `device`. A missing or corrupt weights file is one `ValueError` naming it.
     """
     from nvila_model.modeling import NVILAForConditionalGeneration
     from nvila_model.processor import NVILAProcessor
 
+    path = Path(path)
     target = None if device is None else resolve_device(device)
     check_nvila_checkpoint(path, allow_quantized)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise ValueError(f"{weights}: not found; {path} is not a complete NVILA checkpoint directory")
     processor = NVILAProcessor.from_pretrained(path)
     if is_quantized(path):
         from nvila_model.quant.loading import load_quantized
 
         return load_quantized(path, target or torch.device("cpu")), processor
-    model = NVILAForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+    try:
+        model = NVILAForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+    except Exception as exc:  # safetensors, JSON and torch raise their own types for a truncated or corrupt file
+        raise ValueError(f"{weights}: cannot be loaded ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
     if target is None:
         return model, processor
     return model.to(target).eval(), processor

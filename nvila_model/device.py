@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda")
+from nvila_model.params import device_name
 
 
 def check_device_setting(requested: str, setting: str = "device") -> None:
     """A one-line `ValueError` naming `setting` unless `requested` is auto, cpu, cuda or cuda:N (no hardware check)."""
-    name = str(requested).strip().lower()
-    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
-        return
-    raise ValueError(f"{setting}: {requested!r} is not a device; use auto, cpu, cuda or cuda:N")
+    try:
+        device_name(requested)
+    except ValueError as exc:
+        raise ValueError(f"{setting}: {exc}") from None
 
 
 def resolve_device(requested: str | torch.device, setting: str = "device") -> torch.device:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,16 +37,20 @@ def test_bad_and_unavailable_devices_are_one_line_errors() -> None:
 
 
 def test_every_model_entry_point_refuses_cuda_here(tmp_path: Path) -> None:
+    from nvila_model.data.config import DatasetsConfig
     from nvila_model.deltaloss.checkpoint_scorer import CheckpointScorer
     from nvila_model.deltaloss.config import ScoreConfig
-    from nvila_model.evaluate import EvalConfig, run_eval
+    from nvila_model.evaluate import run_eval
+    from nvila_model.params import parse
     from nvila_model.quant.config import QuantizeConfig
     from nvila_model.quant.infer import run_infer
     from nvila_model.quant.quantize import run_quantize
+    from nvila_model.train.config import EvalConfig
     from tasks.mlflow_model import CHECKPOINT, NVILAPyfunc
 
     calls = {
-        "eval.device": lambda: run_eval(EvalConfig(checkpoint=str(tmp_path), device="cuda")),
+        "eval.device": lambda: run_eval(EvalConfig(device="cuda"), DatasetsConfig(), data=tmp_path,
+                                        checkpoint=tmp_path, out=tmp_path / "eval"),
         "quantize.device": lambda: run_quantize(QuantizeConfig(device="cuda"), tmp_path, tmp_path / "q", tmp_path),
         "device": lambda: run_infer(tmp_path, "hi", device="cuda"),
         "score.device": lambda: CheckpointScorer(tmp_path, None, device="cuda"),
@@ -58,7 +61,8 @@ def test_every_model_entry_point_refuses_cuda_here(tmp_path: Path) -> None:
         with pytest.raises(ValueError) as excinfo:
             call()
         one_line_refusal(excinfo, setting)
-    assert not (tmp_path / "q").exists()
-    for config, setting in ((QuantizeConfig(), "quantize.device"), (ScoreConfig(), "score.device")):
-        with pytest.raises(ValueError, match=f"{setting}: 'tpu' is not a device"):
-            dataclasses.replace(config, device="tpu").validate()
+    assert not (tmp_path / "q").exists() and not (tmp_path / "eval").exists()
+    for config, key in ((QuantizeConfig, "quantize"), (ScoreConfig, "score"), (EvalConfig, "eval")):
+        with pytest.raises(ValueError, match=f"^params.yaml: {key}.device: 'tpu' is not a device; use auto, cpu, cuda"):
+            parse(config, {"device": "tpu"}, f"params.yaml: {key}")
+        assert parse(config, {"device": "cuda:1"}).device == "cuda:1"  # the hardware is checked when a stage starts

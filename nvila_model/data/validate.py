@@ -6,37 +6,18 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..manifest import write_stage_manifest
+from ..manifest import staged_output, write_stage_manifest
 from ..params import to_dict
 from .checks import make_token_counter, record_facts
+from .config import ValidateConfig
 from .manifest import default_media_root, read_manifest, write_jsonl
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ValidateConfig:
-    """params.yaml `validate`: input `raw_dir/name`, output `out_dir/name`, limits and the reject-share gate."""
-
-    name: str = "synth"
-    raw_dir: str = "data/raw"
-    out_dir: str = "data/validated"
-    splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
-    min_image_side: int = 8
-    max_image_side: int = 4096
-    max_image_pixels: int = 16_000_000
-    min_video_frames: int = 8
-    max_text_chars: int = 8000
-    max_tokens: int = 1024
-    tokenizer: str = ""  # a processor or tokenizer directory enabling the token-length check ("" skips it)
-    max_reject_share: float = 0.05
-    data_docs: bool = True
 
 
 def expectations(cfg: ValidateConfig, with_tokens: bool) -> list[tuple[str, str, dict[str, Any]]]:
@@ -134,7 +115,7 @@ def check_reject_share(summary: dict[str, Any], max_share: float, where: Path) -
                          f"See {where / 'quarantine.jsonl'} and {where / 'summary.json'}")
 
 
-def load_counter(path: str) -> Any:
+def load_counter(path: str | Path | None) -> Any:
     """A processor (directory with processor_config.json) or tokenizer from `path`, for token-length checks."""
     if not path:
         return None
@@ -147,10 +128,12 @@ def load_counter(path: str) -> Any:
     return load_tokenizer(path)
 
 
-def run_validate(cfg: ValidateConfig, tokenizer: Any = None) -> Path:
-    """Validate every split of `raw_dir/name`; write clean manifests, quarantine, summary and data docs."""
-    src, out = Path(cfg.raw_dir) / cfg.name, Path(cfg.out_dir) / cfg.name
-    count_tokens = make_token_counter(tokenizer if tokenizer is not None else load_counter(cfg.tokenizer))
+def run_validate(cfg: ValidateConfig, raw: str | Path, out: str | Path, tokenizer: Any = None) -> Path:
+    """Validate every split of the corpus `raw`; write clean manifests, quarantine, summary and data docs to `out`.
+
+    `tokenizer` (a processor, a tokenizer, or a folder holding either) enables the exact token-length check."""
+    src, final = Path(raw), Path(out)
+    count_tokens = make_token_counter(load_counter(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer)
     records, rows = [], []
     for split in cfg.splits:
         manifest = src / f"{split}.jsonl"
@@ -163,7 +146,15 @@ def run_validate(cfg: ValidateConfig, tokenizer: Any = None) -> Path:
         raise ValueError(f"{src}: the manifests of splits {cfg.splits} hold no records")
     df = pd.DataFrame(rows).astype(object)
     df = df.where(df.notna(), None)
-    out.mkdir(parents=True, exist_ok=True)
+    with staged_output(final) as out:
+        summary = _write(cfg, src, out, df, records, rows)
+    check_reject_share(summary, cfg.max_reject_share, final)
+    return final
+
+
+def _write(cfg: ValidateConfig, src: Path, out: Path, df: pd.DataFrame, records: list[dict[str, Any]],
+           rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run the suite and write the validated corpus into `out`; returns the summary."""
     reasons, _ = run_suite(df, cfg, out / "data_docs" if cfg.data_docs else None)
     quarantine = []
     for split in cfg.splits:
@@ -182,5 +173,4 @@ def run_validate(cfg: ValidateConfig, tokenizer: Any = None) -> Path:
     media_root = os.path.relpath(default_media_root(src / f"{cfg.splits[0]}.jsonl").resolve(), out.resolve())
     write_stage_manifest(out, "validate", to_dict(cfg), inputs={"raw": src}, media_root=media_root,
                          counts={k: summary[k] for k in ("input", "kept", "quarantined")})
-    check_reject_share(summary, cfg.max_reject_share, out)
-    return out
+    return summary

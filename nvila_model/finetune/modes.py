@@ -66,7 +66,6 @@ def load_llm_4bit(checkpoint: str | Path, text_config: Any, device: torch.device
 
 def apply_mode(model: nn.Module, cfg: FinetuneConfig) -> dict[str, int]:
     """Freeze / wrap `model` in place for `cfg.mode`; returns trainable parameter counts per module."""
-    cfg.validate()
     vision, llm = MODES[cfg.mode]
     model.requires_grad_(False)
     model.projector.requires_grad_(True)

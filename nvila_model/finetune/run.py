@@ -7,6 +7,7 @@ so fine-tuning differs from a training stage only in which parameters train and 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,18 +24,10 @@ from nvila_model.device import resolve_device
 from nvila_model.finetune.config import MODES, FinetuneConfig
 from nvila_model.finetune.memory import PeakMemory, model_state_bytes
 from nvila_model.finetune.modes import apply_mode, load_llm_4bit, merge_into_base, merge_lora, module_lrs, qlora_refusal
-from nvila_model.manifest import write_stage_manifest
+from nvila_model.manifest import staged_output, write_stage_manifest
 from nvila_model.tracking import NullTracker, Tracker
 from nvila_model.train.hf_trainer import NVILATrainer, StageCallback
 from nvila_model.train.precision import resolve_precision
-
-
-class FinetuneCallback(StageCallback):
-    """The training stages' callback (throughput, log forwarding) without their Trainer checkpoint at the end:
-    fine-tuning exports its own merged model instead."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        return control
 
 
 def valid_records(manifest: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -76,13 +69,12 @@ def export(model: Any, processor: Any, out: Path, checkpoint: Path) -> None:
     processor.save_pretrained(out)
 
 
-def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path | None = None, data: str | Path | None = None,
-                 output: str | Path | None = None, tracker: Tracker | None = None) -> Path:
-    """Fine-tune `checkpoint` on `data` in `cfg.mode`; writes the merged model, meta.json and manifest.json."""
-    cfg.validate()
+def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path, data: str | Path, output: str | Path,
+                 tracker: Tracker | None = None) -> Path:
+    """Fine-tune `checkpoint` on the LLaVA manifest `data` in `cfg.mode`; writes the merged model, meta.json and
+    manifest.json to `output` (replacing it only once complete)."""
     tracker = tracker or NullTracker()
-    checkpoint, data = Path(checkpoint or cfg.checkpoint), Path(data or cfg.data)
-    out = Path(output or cfg.output)
+    checkpoint, data, final = Path(checkpoint), Path(data), Path(output)
     torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
     model, processor = load_checkpoint(checkpoint, device=None, allow_quantized=False)
@@ -97,31 +89,45 @@ def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path | None = None, data
     lrs = module_lrs(model, cfg)
     state_bytes = model_state_bytes(model)
     precision = resolve_precision(cfg.precision)
-    dataset = LlavaDataset(records, cfg.media_root or default_media_root(data), processor, max_length=cfg.max_length)
-    callback = FinetuneCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
-    trainer = NVILATrainer(model=model, args=training_args(cfg, out, precision == "bf16"), train_dataset=dataset,
-                           data_collator=PaddingCollator(processor.pad_id), module_lrs=lrs, callbacks=[callback])
-    tracker.log_params({f"finetune.{k}": v for k, v in asdict(cfg).items()})
-    started = time.perf_counter()
-    with PeakMemory() as memory:
-        result = trainer.train()
-    seconds = time.perf_counter() - started
-    export(model, processor, out, checkpoint)
-    if (out / "trainer").is_dir() and not any((out / "trainer").iterdir()):
-        (out / "trainer").rmdir()  # the Trainer's output_dir stays empty: fine-tuning saves no Trainer checkpoints
+    dataset = LlavaDataset(records, default_media_root(data), processor, max_length=cfg.max_length)
+    callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
+    with staged_output(final) as out:
+        # The Trainer's output_dir stays empty (fine-tuning saves no Trainer checkpoints); it lives in the staging
+        # folder so nothing is written beside the output.
+        args = training_args(cfg, out, precision == "bf16")
+        trainer = NVILATrainer(model=model, args=args, train_dataset=dataset,
+                               data_collator=PaddingCollator(processor.pad_id), module_lrs=lrs, callbacks=[callback])
+        tracker.log_params({f"finetune.{k}": v for k, v in asdict(cfg).items()})
+        started = time.perf_counter()
+        with PeakMemory() as memory:
+            result = trainer.train()
+        seconds = time.perf_counter() - started
+        export(model, processor, out, checkpoint)
+        shutil.rmtree(out / "trainer", ignore_errors=True)
+        write_meta(out, cfg, checkpoint, data, trainer, result, callback, memory, seconds,
+                   {"trainable": trainable, "total_params": total_params, "lrs": lrs, "state_bytes": state_bytes,
+                    "precision": precision, "records": len(records), "dropped": dropped,
+                    "skipped": len(dataset.failures),
+                    "llm_base": "bitsandbytes nf4 (merged into the fp32 base)" if qlora else "fp32"})
+    tracker.log_metrics({"train_seconds": seconds, "final_loss": result.training_loss,
+                         "peak_memory_bytes": float(memory.peak_bytes), "trainable_params": float(trainable["total"])})
+    return final
+
+
+def write_meta(out: Path, cfg: FinetuneConfig, checkpoint: Path, data: Path, trainer: Any, result: Any,
+               callback: StageCallback, memory: PeakMemory, seconds: float, facts: dict[str, Any]) -> None:
+    """meta.json, log_history.json and manifest.json of a fine-tuned checkpoint."""
+    trainable, total_params = facts["trainable"], facts["total_params"]
     meta = {"kind": "nvila-finetuned", "mode": cfg.mode, "vision": MODES[cfg.mode][0], "llm": MODES[cfg.mode][1],
             "source_checkpoint": str(checkpoint), "trainable_params": trainable, "total_params": total_params,
-            "trainable_share": round(trainable["total"] / total_params, 6), "module_lrs": lrs,
-            "precision": precision, "steps": trainer.state.global_step, "train_seconds": round(seconds, 2),
+            "trainable_share": round(trainable["total"] / total_params, 6), "module_lrs": facts["lrs"],
+            "precision": facts["precision"], "steps": trainer.state.global_step, "train_seconds": round(seconds, 2),
             "seconds_per_step": round(seconds / max(trainer.state.global_step, 1), 4),
-            "peak_memory_bytes": memory.peak_bytes, "peak_memory_kind": memory.kind, "model_state_bytes": state_bytes,
-            "final_loss": result.training_loss, "num_records": len(records), "dropped_records": dropped,
-            "skipped_records": len(dataset.failures), "lora_merged": MODES[cfg.mode][1] in ("lora", "qlora"),
-            "llm_base": "bitsandbytes nf4 (merged into the fp32 base)" if qlora else "fp32"}
+            "peak_memory_bytes": memory.peak_bytes, "peak_memory_kind": memory.kind,
+            "model_state_bytes": facts["state_bytes"], "final_loss": result.training_loss,
+            "num_records": facts["records"], "dropped_records": facts["dropped"], "skipped_records": facts["skipped"],
+            "lora_merged": MODES[cfg.mode][1] in ("lora", "qlora"), "llm_base": facts["llm_base"]}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     (out / "log_history.json").write_text(json.dumps(callback.history, indent=2))
     write_stage_manifest(out, "finetune", asdict(cfg), inputs={"checkpoint": checkpoint, "data": data},
                          trainable_params=trainable)
-    tracker.log_metrics({"train_seconds": seconds, "final_loss": result.training_loss,
-                         "peak_memory_bytes": float(memory.peak_bytes), "trainable_params": float(trainable["total"])})
-    return out

@@ -53,8 +53,7 @@ class NVILATrainer(Trainer):
 
 
 class StageCallback(TrainerCallback):
-    """Saves at the final step (so optimizer/scheduler state ships with the stage), measures throughput, and
-    forwards the Trainer's logs to the tracker."""
+    """Measures throughput and forwards the Trainer's logs to the tracker."""
 
     def __init__(self, tracker: Tracker | None = None, samples_per_step: int = 1):
         self.tracker = tracker or NullTracker()
@@ -66,11 +65,6 @@ class StageCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = self.last_time = time.perf_counter()
         self.last_step = state.global_step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
-            control.should_save = True
-        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         now = time.perf_counter()

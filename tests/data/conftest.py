@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nvila_model.data.generate import GenerateConfig, run_generate
+from nvila_model.data.config import GenerateConfig
+from nvila_model.data.generate import run_generate
 
 SCALE = 0.05  # 15 train / 2 val / 2 test records per image subset, 8 / 1 / 2 per video subset
 
@@ -18,4 +19,4 @@ def scale() -> float:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_generate(GenerateConfig(out_dir=str(tmp_path_factory.mktemp("raw")), scale=SCALE, seed=3))
+    return run_generate(GenerateConfig(scale=SCALE, seed=3), tmp_path_factory.mktemp("raw") / "synth")

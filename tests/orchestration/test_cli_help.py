@@ -35,7 +35,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch) -> None
     from flows.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["nvila", "prune", "--params", "missing.yaml"])
+    monkeypatch.setattr("sys.argv", ["nvila", "prune", "--params", "missing.yaml", "--data", "d", "--scores", "s",
+                                     "--out", "o"])
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == 2

@@ -1,5 +1,6 @@
 """One rank of the two-process ZeRO-3 test (run under torchrun): rank 0 trains on image records, rank 1 on
-text-only records of the same count, so every step one rank's micro-batch has no media. Writes `rank<R>.json`."""
+text-only records of the same count, so every step one rank's micro-batch has no media. Writes `rank<R>.json` and
+the stage output `runs/zero3`. Arguments: params file, DeepSpeed config, corpus folder, tokenizer folder."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ import yaml
 
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
 from nvila_model.modeling import NVILAForConditionalGeneration
-from nvila_model.params import from_dict
+from nvila_model.params import parse
 from nvila_model.train.config import ModelParams, StageConfig
-from nvila_model.train.stage import build_model, fit
+from nvila_model.train.stage import build_model, fit, work_dir
 
 NUM_RECORDS = 8
 
 
-def rank_records(params: dict, rank: int) -> list[dict]:
-    records = DatasetRegistry(from_dict(DatasetsConfig, params["datasets"])).records("synth-image", "train")
+def rank_records(params: dict, data: str, rank: int) -> list[dict]:
+    records = DatasetRegistry(parse(DatasetsConfig, params["datasets"]), data).records("synth-image", "train")
     records = records[:NUM_RECORDS]
     if rank == 0:
         return records
@@ -28,13 +29,13 @@ def rank_records(params: dict, rank: int) -> list[dict]:
     return [{"id": f"text-{i}", "conversations": text} for i in range(NUM_RECORDS)]
 
 
-def main(params_file: str, zero3_config: str) -> None:
+def main(params_file: str, zero3_config: str, data: str, tokenizer: str) -> None:
     rank = int(os.environ["RANK"])
     params = yaml.safe_load(Path(params_file).read_text())
-    cfg = StageConfig(out_dir="runs/zero3", train_modules=["vision_tower", "projector", "language_model"],
+    cfg = StageConfig(train_modules=["vision_tower", "projector", "language_model"],
                       lr={"vision_tower": 1e-4, "projector": 1e-3, "language_model": 1e-3}, datasets=["synth-image"],
-                      tokenizer_dir=params["image_sft"]["tokenizer_dir"], batch_size=2, max_steps=3, logging_steps=1,
-                      save_steps=100, max_length=512, deepspeed=zero3_config, precision="fp32")
+                      batch_size=2, max_steps=3, logging_steps=1, save_steps=100, max_length=512,
+                      deepspeed=zero3_config, precision="fp32")
     seen = {"media": 0, "text_only": 0, "partitioned_at_build": False}
     real_embed = NVILAForConditionalGeneration.embed
 
@@ -43,12 +44,13 @@ def main(params_file: str, zero3_config: str) -> None:
         return real_embed(self, input_ids, pixel_values, media_layout)
 
     def make_model():
-        model, processor = build_model(cfg, ModelParams(preset="tiny"))
+        model, processor = build_model(cfg, ModelParams(preset="tiny"), tokenizer_dir=tokenizer)
         seen["partitioned_at_build"] = all(hasattr(p, "ds_id") for p in model.parameters())
         return model, processor
 
     NVILAForConditionalGeneration.embed = embed
-    fit("image_sft", cfg, make_model, rank_records(params, rank), {}, fingerprint="zero3-test")
+    fit("image_sft", cfg, make_model, rank_records(params, data, rank), {}, Path("runs/zero3"),
+        work_dir("image_sft", "zero3-test"))
     Path(f"rank{rank}.json").write_text(json.dumps(seen))
 
 
