@@ -44,3 +44,31 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch) -> None
     monkeypatch.setenv("NVILA_DEBUG", "1")
     with pytest.raises(ValueError, match="params file not found"):
         main()
+
+
+def test_ui_refuses_ports_it_did_not_take(tmp_path) -> None:
+    """A second `nvila ui` on ports in use stops with one line before starting anything (it must never take
+    another instance's server for its own)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from flows.services import HOST, free_port
+
+    busy = socket.socket()
+    busy.bind((HOST, 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        env = {**os.environ, "NVILA_PROJECT_DIR": str(tmp_path)}
+        (tmp_path / "params.yaml").write_text("seed: 0\n")
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "ui", "--prefect-port", str(port),
+                               "--mlflow-port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        busy.close()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"nvila: error: port {port} on {HOST} is in use (another `nvila ui`?); free it or choose another with "
+        "--prefect-port"]
+    assert not (tmp_path / ".prefect" / "logs").exists(), "nothing was started"
