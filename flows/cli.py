@@ -83,7 +83,7 @@ def main() -> None:
         if os.environ.get("NVILA_DEBUG") == "1":
             raise
         _error(str(exc).splitlines(), 2 if exc.exit_code == 2 else 1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, flow_commands.Interrupted):
         typer.echo("nvila: interrupted. Finished stages are in DVC's cache and an interrupted training stage keeps "
                    "its last checkpoint: run the same command again to resume.", err=True)
         sys.exit(130)
