@@ -6,6 +6,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,19 @@ pipeline_app = typer.Typer(help="Run, serve and trigger the Prefect pipeline flo
 PARAMS_OPT = typer.Option("params.yaml", "--params", help="params file (relative to the project root)")
 SET_OPT = typer.Option([], "--set", help="KEY.FIELD=VALUE setting for this run, e.g. image_sft.epochs=5 "
                        "(repeatable; VALUE is YAML; as `dvc exp run -S`)")
+
+
+class Interrupted(Exception):  # noqa: N818 - the user's Ctrl-C, not an error of ours
+    """Ctrl-C (or SIGTERM) stopped a pipeline run: its stage was stopped and its runs marked; `main` says how to
+    resume and exits 130. (Click turns a KeyboardInterrupt into a silent exit 130 on its own.)"""
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted() from None
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -52,12 +67,16 @@ def run(
 ) -> None:
     """Run the pipeline now as a DVC experiment (a Prefect server on 127.0.0.1 unless PREFECT_API_URL is set)."""
     root = _enter_project()
-    from flows.config import load_pipeline_config, parse_overrides
+    from flows.config import check_params, load_pipeline_config, parse_overrides, run_overrides
 
     cfg = load_pipeline_config(params)
     overrides = parse_overrides(set_) or None
+    # Settings are checked here too, so a mistake is one line before any server starts (the flow checks them again
+    # for runs triggered from the UI).
+    check_params(root / params, run_overrides({"preset": preset, "seed": seed, "keep_ratio": keep_ratio,
+                                               "prune_method": prune_method}, overrides))
     start = time.monotonic()
-    with prefect_api(root):
+    with interruptible(), prefect_api(root):
         from flows.pipeline import nvila_pipeline
 
         result = nvila_pipeline(preset=preset, stages=_split(stages) or cfg.stages, seed=seed, keep_ratio=keep_ratio,
@@ -105,7 +124,7 @@ def sweep(
 
     ratios = [float(r) for r in _split(keep_ratios)] if keep_ratios else None
     overrides = parse_overrides(set_) or None
-    with prefect_api(root):
+    with interruptible(), prefect_api(root):
         from flows.sweep import pruning_sweep
         from tasks.sweep import markdown_table
 

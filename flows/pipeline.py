@@ -28,8 +28,16 @@ from tasks.dvc_stages import output_dir, plan
 from tasks.env import project_dir
 from tasks.report import close_pipeline_run, open_pipeline_run, publish_report, read_metrics, register_model
 from tasks.stage_task import RunContext, run_stage
-from tasks.tracking import dvc_lock_hashes, flatten, run_status
-from tasks.workspace import Workspace, apply_experiment, save_experiment, set_params, valid_name, workspace
+from tasks.tracking import dvc_lock_hashes, flatten, run_status, tracking_file
+from tasks.workspace import (
+    Workspace,
+    apply_experiment,
+    check_writable,
+    save_experiment,
+    set_params,
+    valid_name,
+    workspace,
+)
 
 TRAINING = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")
 
@@ -120,6 +128,7 @@ def nvila_pipeline(
     models = chains(data, registered_model)
     targets = list(stages) if stages != "all" else [s for m in models for s in (m["eval"], m["eval_quantized"])]
     name = valid_name(str(flow_run.name or "nvila-run"))
+    check_writable(project, [p for p in (tracking_file(),) if p is not None])
     liveness.reap_stale(project)
     with workspace(project, name) as ws:
         if settings:

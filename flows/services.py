@@ -124,6 +124,10 @@ def prefect_api(root: Path) -> Iterator[str]:
     try:
         yield os.environ["PREFECT_API_URL"]
     finally:
+        if "prefect" in sys.modules:  # send the logs still queued for the server before stopping it
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
         stop(proc)
         os.environ.pop("PREFECT_API_URL", None)
 

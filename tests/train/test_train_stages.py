@@ -216,3 +216,35 @@ def test_module_names_are_the_model_children(project, corpus_dir):
     cfg, model_params, _ = _load("projector_init")
     model, _ = build_model(cfg, model_params, tokenizer_dir=corpus_dir / "runs/tokenizer")
     assert set(MODULES) == {n for n, _ in model.named_children()}
+
+
+def test_a_checkpoint_written_partly_is_not_resumed(tmp_path):
+    from nvila_model.train.stage import resume_point
+
+    ckpts = tmp_path / "work" / "checkpoints"
+    for step, files in ((2, ("trainer_state.json", "optimizer.pt", "scheduler.pt", "model.safetensors")),
+                        (4, ("model.safetensors",))):  # killed while saving step 4
+        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        for name in files:
+            (ckpts / f"checkpoint-{step}" / name).write_text("x")
+    assert resume_point(tmp_path / "work", resume=True) == str(ckpts / "checkpoint-2")
+    assert not (ckpts / "checkpoint-4").exists()
+    (ckpts / "checkpoint-2" / "optimizer.pt").unlink()
+    assert resume_point(tmp_path / "work", resume=True) is None and not any(ckpts.iterdir())
+
+
+def test_a_deepspeed_checkpoint_is_resumed_once_written_whole(tmp_path):
+    """DeepSpeed saves the model, optimizer and scheduler states under the folder its `latest` file names (no
+    optimizer.pt, and no weights file under ZeRO-3); such a checkpoint resumes, one without that folder does not."""
+    from nvila_model.train.stage import resume_point
+
+    ckpts = tmp_path / "work" / "checkpoints"
+    for step, tag_written in ((2, True), (4, False)):  # killed while DeepSpeed saved step 4
+        ckpt = ckpts / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer_state.json").write_text("{}")
+        (ckpt / "latest").write_text(f"global_step{step}")
+        if tag_written:
+            (ckpt / f"global_step{step}").mkdir()
+    assert resume_point(tmp_path / "work", resume=True) == str(ckpts / "checkpoint-2")
+    assert not (ckpts / "checkpoint-4").exists()
