@@ -79,8 +79,8 @@ def test_ui_refuses_ports_it_did_not_take(tmp_path) -> None:
 @pytest.mark.parametrize(("args", "expected"), [
     (["--keep-ratio", "1.5"], "params.yaml: prune.keep_ratio: Input should be less than or equal to 1 (got 1.5)"),
     (["--keep-ratio", "0"], "params.yaml: prune.keep_ratio: Input should be greater than 0 (got 0.0)"),
-    (["--preset", "nope-9b"], "params.yaml: model.preset: Input should be 'tiny', 'small', 'nvila-8b' or "
-                              "'nvila-lite-8b' (got 'nope-9b')"),
+    (["--preset", "nope-9b"], "params.yaml: model.preset: Input should be 'tiny', 'small', 'gpu-check', 'nvila-8b' "
+                              "or 'nvila-lite-8b' (got 'nope-9b')"),
     (["--set", "image_sft.max_stepz=3"], "params.yaml: image_sft.max_stepz: unknown key; allowed: ["),
     (["--set", "image_sft.lr={vision_tower: 1e-4, projector: x, language_model: 1e9}"],
      "params.yaml: image_sft.lr.projector: Input should be a valid number"),
