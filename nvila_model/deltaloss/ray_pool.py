@@ -72,12 +72,12 @@ def connect(cfg: RayConfig) -> Iterator[bool]:
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     own_temp_dir = None
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        own_temp_dir = None if cfg.temp_dir else session_temp_dir()
-        _start_local(cfg, cfg.temp_dir or own_temp_dir)
     try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            own_temp_dir = None if cfg.temp_dir else session_temp_dir()
+            _start_local(cfg, cfg.temp_dir or own_temp_dir)
         yield True
     finally:
         ray.shutdown()
@@ -115,8 +115,7 @@ def _start_local(cfg: RayConfig, temp_dir: str) -> None:
     finally:
         constants.ENABLE_RAY_CLUSTER = saved
     node_ip = ray.util.get_node_ip_address()
-    if not ipaddress.ip_address(node_ip).is_loopback:
-        ray.shutdown()
+    if not ipaddress.ip_address(node_ip).is_loopback:  # the caller shuts this instance down
         raise RuntimeError(f"score: the local Ray instance took node IP {node_ip}, not loopback; this Ray version "
                            "no longer honours ray_constants.ENABLE_RAY_CLUSTER (see ray_pool._start_local)")
 

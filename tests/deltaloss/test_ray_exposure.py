@@ -100,7 +100,6 @@ def test_local_instance_listens_on_loopback_only_and_leaves_no_temp_files(short_
     assert os.listdir(short_tmpdir) == []  # and is gone
 
 
-@pytest.mark.slow
 def test_a_configured_temp_dir_keeps_the_session(short_tmpdir: Path) -> None:
     temp_dir = short_tmpdir / "mine"
     rows, _ = score_records_ray(_pair(), _records(2), batch_size=2,
@@ -108,3 +107,29 @@ def test_a_configured_temp_dir_keeps_the_session(short_tmpdir: Path) -> None:
     assert len(rows) == 2
     assert any(p.name.startswith("session_") for p in temp_dir.iterdir())
     assert sorted(os.listdir(short_tmpdir)) == ["mine"]
+
+
+def test_a_failed_start_leaves_no_temp_files(short_tmpdir: Path, monkeypatch) -> None:
+    from nvila_model.deltaloss import ray_pool
+
+    def fail(cfg: RayConfig, temp_dir: str) -> None:
+        assert Path(temp_dir).parent == short_tmpdir
+        raise RuntimeError("start failed")
+
+    monkeypatch.setattr(ray_pool, "_start_local", fail)
+    with pytest.raises(RuntimeError, match="start failed"), ray_pool.connect(RayConfig()):
+        pass
+    assert os.listdir(short_tmpdir) == []
+
+
+def test_a_temp_folder_too_long_for_rays_sockets_is_one_line(short_tmpdir: Path, monkeypatch) -> None:
+    from nvila_model.deltaloss.ray_pool import session_temp_dir
+
+    deep = short_tmpdir / ("d" * 40)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with pytest.raises(ValueError, match="TMPDIR: .* characters Ray's socket paths allow"):
+        session_temp_dir()
+    assert os.listdir(deep) == []
+    with pytest.raises(ValueError, match="absolute path of at most 43 characters"):
+        RayConfig(temp_dir=str(deep / "ray"))
