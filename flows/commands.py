@@ -94,6 +94,8 @@ def _print_summary(root: Path, result: dict[str, Any], seconds: float) -> None:
     ran = [s for s, how in result["stages"].items() if how == "ran"]
     typer.echo(f"\nPipeline finished in {seconds / 60:.1f} min: DVC experiment {result['experiment']}, "
                f"{len(ran)} stage(s) ran, {len(result['stages']) - len(ran)} restored from the cache.")
+    typer.echo("  " + ", ".join(f"{stage} {result['stage_seconds'][stage]:.0f}s ({how})"
+                                for stage, how in result["stages"].items()))
     for column, metrics in result["metrics"].items():
         if "acc_mean" in metrics:
             typer.echo(f"Mean accuracy, {column}: {metrics['acc_mean']:.3f} "

@@ -158,4 +158,5 @@ def nvila_pipeline(
         apply_experiment(project, exp)
     return {"experiment": exp, "mlflow_run_id": run.parent_run_id, "applied": apply,
             "stages": {r["stage"]: "restored" if r["cached"] else "ran" for r in results},
+            "stage_seconds": {r["stage"]: r["seconds"] for r in results},
             "metrics": columns, "train_cost": cost}
