@@ -34,18 +34,22 @@ def generate(
 
 @data_app.command("validate")
 def validate(
-    params: Path = typer.Option(Path("params.yaml"), help="params file; reads its `validate` key"),
+    params: Path = typer.Option(Path("params.yaml"), help="params file; reads its `validate` and `model` keys"),
     name: str | None = typer.Option(None, help="corpus name under raw_dir"),
-    tokenizer: str | None = typer.Option(None, help="processor / tokenizer dir enabling the token-length check"),
+    media_root: Path | None = typer.Option(None, help="folder the media paths are relative to (LLaVA's image "
+                                                      "folder); default: the manifests' folder"),
+    tokenizer: str | None = typer.Option(None, help="processor / tokenizer dir for exact token counts (default: a "
+                                                    "UTF-8 byte bound)"),
     max_reject_share: float | None = typer.Option(None, help="fail when a subset rejects more than this share"),
 ) -> None:
     """Run the great-expectations suite and decode checks; write clean manifests, quarantine, summary, data docs."""
+    from ..train.config import ModelParams
     from .validate import ValidateConfig, run_validate
 
     cfg = load_config("validate", ValidateConfig, params,
                       overrides={"name": name, "tokenizer": tokenizer, "max_reject_share": max_reject_share})
     try:
-        out = run_validate(cfg)
+        out = run_validate(cfg, load_config("model", ModelParams, params), media_root=media_root)
     finally:
         summary = Path(cfg.out_dir) / cfg.name / "summary.json"
         if summary.is_file():

@@ -63,7 +63,7 @@ def test_cli_generate_validate_and_help(tmp_path: Path, monkeypatch: pytest.Monk
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"generate": {"out_dir": "raw", "subsets": {
         name: {"enabled": name == "counting"} for name in subset_configs(GenerateConfig())}},
-        "validate": {"raw_dir": "raw", "out_dir": "validated"}}))
+        "validate": {"raw_dir": "raw", "out_dir": "validated"}, "model": {"preset": "tiny"}}))
     runner = CliRunner()
     for cmd in ("generate", "validate", "datasets"):
         assert runner.invoke(app, ["data", cmd, "--help"]).exit_code == 0
