@@ -13,7 +13,8 @@ from nvila_model.quant import cli as quant_cli
 from nvila_model.train import cli as train_cli
 
 app = typer.Typer(help="NVILA pipeline: data, DeltaLoss pruning, five-stage training, fine-tuning, deployment.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"max_content_width": 120})  # plain help, no <bool> tags
 
 for module in (data_cli, train_cli, deltaloss_cli, quant_cli):
     module.register(app)

@@ -26,6 +26,10 @@ def test_every_command_has_help() -> None:
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, f"nvila {' '.join(path)} --help: {result.output}"
         assert "Usage" in result.output
+        # options read cleanly: a flag shows no type tag, and there is no box drawing to garble logs
+        assert "<bool>" not in result.output and "╭" not in result.output, result.output
+        if path == ("data", "validate"):
+            assert "--media-root <path>" in result.output  # an option taking a value still says what kind
     assert ("pipeline", "run") in paths and ("ui",) in paths
 
 
