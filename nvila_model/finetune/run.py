@@ -41,7 +41,7 @@ def load_for_finetune(checkpoint: str | Path) -> tuple[Any, Any]:
     from nvila_model.processor import NVILAProcessor
     from nvila_model.quant.quantize import check_nvila_checkpoint
 
-    check_nvila_checkpoint(checkpoint)
+    check_nvila_checkpoint(checkpoint, task="fine-tune")
     model = NVILAForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32)
     return model, NVILAProcessor.from_pretrained(checkpoint)
 

@@ -38,7 +38,7 @@ def generate_ids(model: Any, sample: dict[str, torch.Tensor], max_new_tokens: in
     return out[0, input_ids.shape[1]:]
 
 
-def run_infer(checkpoint: str | Path, prompt: str, variant: str = "fp32", image: str | Path | None = None,
+def run_infer(checkpoint: str | Path, prompt: str, variant: str = "auto", image: str | Path | None = None,
               video: str | Path | None = None, max_new_tokens: int = 32, num_threads: int = 2) -> str:
     """Load `variant` of `checkpoint` and answer `prompt` about the image or video."""
     torch.set_num_threads(num_threads)
