@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from nvila_model.console import configure_console
 from nvila_model.data import cli as data_cli
 from nvila_model.deltaloss import cli as deltaloss_cli
 from nvila_model.quant import cli as quant_cli
@@ -32,6 +33,7 @@ else:
 def main() -> None:
     """The `nvila` console script: a bad input (ValueError naming the file or setting and the problem) prints as
     one line and exits 2; NVILA_DEBUG=1 shows the traceback."""
+    configure_console()
     try:
         app()
     except ValueError as exc:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
 
+from nvila_model.console import progress_line
 from nvila_model.data.collate import model_inputs
 from nvila_model.tracking import NullTracker, Tracker
 
@@ -53,19 +55,23 @@ class NVILATrainer(Trainer):
 
 
 class StageCallback(TrainerCallback):
-    """Saves at the final step (so optimizer/scheduler state ships with the stage), measures throughput, and
-    forwards the Trainer's logs to the tracker."""
+    """Saves at the final step (so optimizer/scheduler state ships with the stage), measures throughput, forwards
+    the Trainer's logs to the tracker and, with `progress_lines` (no terminal for a tqdm bar), prints one progress
+    line per log step to stderr."""
 
-    def __init__(self, tracker: Tracker | None = None, samples_per_step: int = 1):
+    def __init__(self, tracker: Tracker | None = None, samples_per_step: int = 1, name: str = "train",
+                 progress_lines: bool = False):
         self.tracker = tracker or NullTracker()
         self.samples_per_step = samples_per_step
+        self.name = name
+        self.progress_lines = progress_lines
         self.started = 0.0
-        self.last_time, self.last_step = 0.0, 0
+        self.last_time, self.last_step, self.first_step = 0.0, 0, 0
         self.history: list[dict[str, float]] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = self.last_time = time.perf_counter()
-        self.last_step = state.global_step
+        self.first_step = self.last_step = state.global_step
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
@@ -81,3 +87,11 @@ class StageCallback(TrainerCallback):
         self.last_time, self.last_step = now, state.global_step
         self.history.append({"step": state.global_step, **metrics})
         self.tracker.log_metrics(metrics, step=state.global_step)
+        if self.progress_lines and state.is_world_process_zero:
+            if "train_runtime" in metrics:  # the Trainer's closing summary
+                line = (f"{self.name} done: {state.global_step} steps in {metrics['train_runtime']:.1f} s, "
+                        f"mean loss {metrics.get('train_loss', float('nan')):.4g}")
+            else:
+                line = progress_line(self.name, state.global_step, state.max_steps, now - self.started, metrics,
+                                     state.global_step - self.first_step)
+            print(line, file=sys.stderr, flush=True)

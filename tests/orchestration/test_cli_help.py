@@ -39,6 +39,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch) -> None
     from flows.cli import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # main() defaults it off a terminal; keep it to this test
     monkeypatch.setattr("sys.argv", ["nvila", "prune", "--params", "missing.yaml"])
     with pytest.raises(SystemExit) as exited:
         main()
