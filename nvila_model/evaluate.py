@@ -160,10 +160,12 @@ def efficiency(model, processor, records: list[dict[str, Any]], samples: int, de
 
 def run_eval(cfg: EvalConfig) -> dict[str, float]:
     """Write `metrics.json` (flat) and `predictions.jsonl` to `cfg.out_dir`; returns the metrics."""
+    if cfg.subsets_file and not Path(cfg.subsets_file).is_file():
+        raise ValueError(f"{cfg.subsets_file}: eval.subsets_file not found (null for datasets without chance levels)")
     model, processor = load_model(cfg.checkpoint)
     records = test_samples(cfg)
     chance = None
-    if cfg.subsets_file and Path(cfg.subsets_file).is_file():
+    if cfg.subsets_file:
         chance = {row["name"]: row["chance"] for row in json.loads(Path(cfg.subsets_file).read_text())}
     started = time.perf_counter()
     rows, failures = predict(model, processor, records, cfg.batch_size, cfg.max_new_tokens)

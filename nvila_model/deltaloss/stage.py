@@ -95,7 +95,11 @@ def run_score(cfg: ScoreConfig, tracker: Tracker | None = None) -> Path:
 
         small, large = bootstrap_scorers(cfg.bootstrap, records, media_root, cfg.tokenizer_dir)
     else:
+        from nvila_model.quant.quantize import check_nvila_checkpoint
+
         small, large = Path(cfg.small_checkpoint), Path(cfg.large_checkpoint)
+        for path in (small, large):  # here, not inside a Ray actor where it would surface as ActorDiedError
+            check_nvila_checkpoint(path, task="score with")
     start = time.perf_counter()
     rows = score_rows(checkpoint_pair(cfg, small, large, media_root), records, cfg)
     seconds = time.perf_counter() - start

@@ -43,7 +43,7 @@ def train(
     from nvila_model.train.stage import run_stage
 
     if stage not in STAGES:
-        raise typer.BadParameter(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
+        raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
     cfg = load_config(stage, StageConfig, params,
                       overrides={"max_steps": max_steps, "precision": precision, "out_dir": out_dir,
                                                         "pruned_manifest": pruned_manifest})

@@ -54,3 +54,12 @@ def test_prune_command_runs_from_params(colour_corpus, tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "p").iterdir() if p.is_dir()) == [
         "deltaloss-0.5", "deltaloss-0.7", "random-0.5", "random-0.7"]
+
+
+def test_a_missing_scorer_checkpoint_is_one_clear_error_before_ray(colour_corpus, tmp_path):
+    from nvila_model.deltaloss.stage import run_score
+
+    cfg = ScoreConfig(manifest=str(colour_corpus / "train.jsonl"), out_dir=str(tmp_path / "s"),
+                      small_checkpoint=str(tmp_path / "missing"), large_checkpoint=str(colour_corpus / "large"))
+    with pytest.raises(ValueError, match=r"missing: not an NVILA checkpoint \(no config.json\)"):
+        run_score(cfg)  # ray.num_actors is 2: without the up-front check this was a Ray ActorDiedError

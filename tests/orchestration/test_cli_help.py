@@ -45,6 +45,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch) -> None
         main()
     assert exited.value.code == 2
     assert capsys.readouterr().err.strip() == "nvila: error: missing.yaml: params file not found"
+    monkeypatch.setattr("sys.argv", ["nvila", "train", "nosuchstage"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == ("nvila: error: unknown stage 'nosuchstage'; choose one of "
+                                               "['projector_init', 'vision_pretrain', 'token_pretrain', "
+                                               "'image_sft', 'video_sft']")
+    monkeypatch.setattr("sys.argv", ["nvila", "prune", "--params", "missing.yaml"])
     monkeypatch.setenv("NVILA_DEBUG", "1")
     with pytest.raises(ValueError, match="params file not found"):
         main()

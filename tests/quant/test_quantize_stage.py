@@ -128,6 +128,11 @@ def test_infer_runs_every_variant(quantized_dir: Path, tiny_checkpoint: Path, ti
     assert generate_ids(model, prepare_prompt(processor, "What happens?", video=video), 3).shape[0] <= 3
     with pytest.raises(ValueError, match="not both"):
         prepare_prompt(processor, "x", image=image, video=video)
+    for name, data in (("broken.png", b"\x89PNG\r\n\x1a\n garbage"), ("broken.mp4", b"\x00\x00\x00\x18ftypmp42 x")):
+        (tiny_data.parent / name).write_bytes(data)
+        media = {"image" if name.endswith("png") else "video": tiny_data.parent / name}
+        with pytest.raises(ValueError, match=rf"{name}: cannot decode it"):
+            prepare_prompt(processor, "x", **media)
     with pytest.raises(ValueError, match="variant 'int3' unknown"):
         load_variant(tiny_checkpoint, "int3")
 
