@@ -145,6 +145,16 @@ def default_media_root(manifest_path: str | Path) -> Path:
     return folder
 
 
+def media_root_for(manifest_path: str | Path, media_root: str | Path | None, setting: str = "media_root") -> Path:
+    """`media_root` when given, else the manifest's default; a `ValueError` naming `setting` when it is no folder
+    (every record would fail to load, quietly)."""
+    root = Path(media_root) if media_root is not None else default_media_root(manifest_path)
+    if not root.is_dir():
+        raise ValueError(f"{root}: {setting} is not a folder" + ("" if media_root is not None else
+                                                                  f" (the default for {manifest_path})"))
+    return root
+
+
 class MediaPathError(ValueError):
     """A media path that leaves its media root (`..`, an absolute path elsewhere, or a symlink pointing out)."""
 

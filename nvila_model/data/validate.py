@@ -22,7 +22,7 @@ from ..manifest import write_stage_manifest
 from ..params import to_dict
 from ..train.config import ModelParams
 from .checks import make_token_counter, record_facts
-from .manifest import ESCAPES_ROOT, UNREADABLE, ManifestEntry, default_media_root, scan_manifest, write_jsonl
+from .manifest import ESCAPES_ROOT, UNREADABLE, ManifestEntry, media_root_for, scan_manifest, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +222,7 @@ def run_validate(cfg: ValidateConfig, model_params: ModelParams | None = None, *
 
     model_params = model_params if model_params is not None else ModelParams()
     src, out = Path(cfg.raw_dir) / cfg.name, Path(cfg.out_dir) / cfg.name
-    root = Path(media_root) if media_root is not None else default_media_root(split_manifest(src, cfg.splits[0]))
-    if not root.is_dir():
-        raise ValueError(f"{root}: media root not found")
+    root = media_root_for(split_manifest(src, cfg.splits[0]), media_root)
     config = build_config(model_params.preset, **model_params.overrides)
     count_tokens, method = make_token_counter(tokenizer if tokenizer is not None else load_counter(cfg.tokenizer),
                                               config)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nvila_model.data.manifest import default_media_root, read_manifest, write_jsonl
+from nvila_model.data.manifest import media_root_for, read_manifest, write_jsonl
 from nvila_model.deltaloss.config import PruneConfig
 from nvila_model.manifest import write_stage_manifest
 from nvila_model.params import to_dict
@@ -100,7 +100,7 @@ def run_prune(cfg: PruneConfig) -> Path:
     cfg.validate()
     records = read_manifest(cfg.manifest)
     scores = load_scores(cfg.scores, [str(r["id"]) for r in records])
-    media_root = Path(cfg.media_root) if cfg.media_root is not None else default_media_root(cfg.manifest)
+    media_root = media_root_for(cfg.manifest, cfg.media_root, "prune.media_root")
     unknown_protected = sorted(set(cfg.protected_subsets) - set(scores["subset"]))
     if unknown_protected:
         raise ValueError(f"prune.protected_subsets: no such subset(s) {unknown_protected} in {cfg.scores}")

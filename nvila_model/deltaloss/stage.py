@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from nvila_model.data.manifest import default_media_root, read_manifest
+from nvila_model.data.manifest import media_root_for, read_manifest
 from nvila_model.deltaloss.config import ScoreConfig
 from nvila_model.deltaloss.scorer import SCORE_COLUMNS, ScorerPair, check_ids, score_records_local
 from nvila_model.manifest import write_stage_manifest
@@ -89,7 +89,7 @@ def run_score(cfg: ScoreConfig, tracker: Tracker | None = None) -> Path:
     if cfg.max_samples is not None:
         records = records[: cfg.max_samples]
     check_ids(records, cfg.manifest)
-    media_root = (Path(cfg.media_root) if cfg.media_root is not None else default_media_root(cfg.manifest)).resolve()
+    media_root = media_root_for(cfg.manifest, cfg.media_root, "score.media_root").resolve()
     if cfg.small_checkpoint is None:
         from nvila_model.deltaloss.bootstrap import bootstrap_scorers
 

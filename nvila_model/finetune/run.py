@@ -17,7 +17,7 @@ from transformers import TrainingArguments, set_seed
 
 from nvila_model.data.collate import PaddingCollator
 from nvila_model.data.loader import LlavaDataset
-from nvila_model.data.manifest import default_media_root, read_manifest, schema_problem
+from nvila_model.data.manifest import media_root_for, read_manifest, schema_problem
 from nvila_model.finetune.config import MODES, FinetuneConfig
 from nvila_model.finetune.memory import PeakMemory, model_state_bytes
 from nvila_model.finetune.modes import apply_mode, merge_lora, module_lrs
@@ -97,7 +97,8 @@ def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path | None = None, data
     lrs = module_lrs(model, cfg)
     state_bytes = model_state_bytes(model, nf4_llm=MODES[cfg.mode][1] == "qlora")
     precision = resolve_precision(cfg.precision)
-    dataset = LlavaDataset(records, cfg.media_root or default_media_root(data), processor, max_length=cfg.max_length)
+    dataset = LlavaDataset(records, media_root_for(data, cfg.media_root or None, "finetune.media_root"), processor,
+                           max_length=cfg.max_length)
     callback = FinetuneCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
     trainer = NVILATrainer(model=model, args=training_args(cfg, out, precision == "bf16"), train_dataset=dataset,
                            data_collator=PaddingCollator(processor.pad_id), module_lrs=lrs, callbacks=[callback])

@@ -13,7 +13,7 @@ from PIL import Image
 
 from nvila_model.data.checks import make_token_counter, record_facts
 from nvila_model.data.loader import LlavaDataset, load_media
-from nvila_model.data.manifest import MediaPathError, read_manifest, record_kind, scan_manifest
+from nvila_model.data.manifest import MediaPathError, media_root_for, read_manifest, record_kind, scan_manifest
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
 from nvila_model.data.validate import ValidateConfig, run_validate
 from nvila_model.presets import build_config
@@ -157,6 +157,15 @@ def test_loader_and_registry_refuse_paths_outside_the_root(issue_corpus, tmp_pat
     registry = DatasetRegistry(DatasetsConfig(entries={"user": {"manifest": str(manifest), "media_root": str(root)}}))
     with pytest.raises(ValueError, match=r"train.jsonl: record 'dotdot': .* outside the media root"):
         registry.records("user", "train")
+
+
+def test_a_media_root_that_is_no_folder_is_named(issue_corpus, tmp_path: Path) -> None:
+    raw, _, _ = issue_corpus
+    with pytest.raises(ValueError, match=r"nowhere: media_root is not a folder"):
+        _validate(raw, tmp_path / "out", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"nowhere: score.media_root is not a folder"):
+        media_root_for(raw / "llava" / "train.jsonl", tmp_path / "nowhere", "score.media_root")
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_data_docs_stay_in_the_stage_output(bad_raw, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
