@@ -17,6 +17,8 @@ NOISE = (
     ("torch.utils._pytree", r"is an Enum subclass and is now natively supported by torch\.compile"),
     # DeepSpeed on a machine without an accelerator; the device a stage used is recorded in its meta.json
     ("DeepSpeed", r"^Setting accelerator to CPU"),
+    # great-expectations names a temporary docs folder it never fills: validation builds its data docs in its output
+    ("great_expectations.data_context.types.base", r"for ephemeral docs site$"),
 )
 
 

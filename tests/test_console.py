@@ -16,6 +16,7 @@ NOISY = {
     "torch.utils._pytree": "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by "
                            "torch.compile as an opaque value type.",
     "DeepSpeed": "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.",
+    "great_expectations.data_context.types.base": "Created temporary directory '/tmp/tmpx' for ephemeral docs site",
 }
 
 
