@@ -34,18 +34,22 @@ class ManifestEntry:
     raw: str = ""
 
 
-def _entry(where: str, index: int, line: int | None, value: Any, raw: str | None = None) -> ManifestEntry:
+def _entry(where: str, index: int, line: int | None, value: Any, raw: str | None = None,
+           maybe_surrogates: bool = True) -> ManifestEntry:
     """A parsed JSON value as an entry: an object is a record; anything else, or lone surrogates, is unreadable.
 
-    `raw` is the line's text (a `.json` item has none: its JSON, surrogates escaped, stands in)."""
+    `raw` is the line's text (a `.json` item has none: its JSON, surrogates escaped, stands in). Lone surrogates
+    come from undecodable bytes of a `.json` file or from "\\udcff"-style escapes; no tokenizer can take them, and
+    they are looked for only when `maybe_surrogates`."""
     if not isinstance(value, dict):
         return ManifestEntry(where, index, line, None, "not_an_object",
                              f"a JSON {type(value).__name__}, not an object", raw or json.dumps(value))
-    try:  # lone surrogates: undecodable bytes of a .json file, or "\udcff" escapes; no tokenizer can take them
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return ManifestEntry(where, index, line, None, "invalid_utf8", f"not valid UTF-8: {exc.reason}",
-                             raw or json.dumps(value))
+    if maybe_surrogates:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return ManifestEntry(where, index, line, None, "invalid_utf8", f"not valid UTF-8: {exc.reason}",
+                                 raw or json.dumps(value))
     return ManifestEntry(where, index, line, value)
 
 
@@ -60,7 +64,7 @@ def _parse_line(path: Path, lineno: int, index: int, data: bytes) -> ManifestEnt
         value = json.loads(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; so is an over-long integer
         return ManifestEntry(where, index, lineno, None, "invalid_json", f"not valid JSON: {exc}", raw)
-    return _entry(where, index, lineno, value, raw)
+    return _entry(where, index, lineno, value, raw, maybe_surrogates="\\ud" in text.lower())
 
 
 def scan_jsonl(path: Path) -> tuple[list[ManifestEntry], int, int]:
@@ -88,14 +92,20 @@ def scan_json(path: Path) -> list[ManifestEntry]:
     """
     data = path.read_bytes().removeprefix(_BOM)
     try:
-        items = json.loads(data.decode("utf-8", "surrogateescape"))
+        text = data.decode("utf-8")
+        maybe_surrogates = "\\ud" in text.lower()
+    except UnicodeDecodeError:
+        text, maybe_surrogates = data.decode("utf-8", "surrogateescape"), True
+    try:
+        items = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); a .json manifest is parsed whole, so none of it was "
                          "read: fix it, or convert it to JSON lines (.jsonl), where a bad line costs only itself"
                          ) from exc
     if not isinstance(items, list):
         raise ValueError(f"{path}: a .json manifest must hold a list of records")
-    return [_entry(f"{path}: record {i}", i, None, item) for i, item in enumerate(items)]
+    return [_entry(f"{path}: record {i}", i, None, item, maybe_surrogates=maybe_surrogates)
+            for i, item in enumerate(items)]
 
 
 def scan_manifest(path: str | Path) -> tuple[list[ManifestEntry], int]:

@@ -246,7 +246,7 @@ def run_validate(cfg: ValidateConfig, model_params: ModelParams | None = None, *
     if (src / "subsets.json").is_file():
         (out / "subsets.json").write_text((src / "subsets.json").read_text())
     counts = {k: summary[k] for k in ("input", "kept", "quarantined", "unreadable", "blank_lines")}
-    write_stage_manifest(out, "validate", to_dict(cfg), inputs={"raw": src, "media_root": root}, counts=counts,
+    write_stage_manifest(out, "validate", to_dict(cfg), inputs={"raw": src}, counts=counts,  # media not hashed: big
                          media_root=os.path.relpath(root.resolve(), out.resolve()),
                          length_check=summary["length_check"])
     check_reject_share(summary, cfg.max_reject_share, out)

@@ -111,6 +111,18 @@ def test_lines_are_accounted_for_in_every_manifest(issue_corpus) -> None:
         read_manifest(manifest)  # strict readers (training inputs) name file and line
 
 
+def test_scan_reads_every_kind_of_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    lines = [b'\xef\xbb\xbf{"id": "bom"}', b'{"id": "sep\xe2\x80\xa8inside"}', b'{"id": "lone \\udcff"}',
+             b"   ", b'{"id": "deep", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"7", b'{"id": "last"}']
+    path.write_bytes(b"\n".join(lines))  # no newline after the last line
+    entries, blank = scan_manifest(path)
+    assert blank == 1 and len(entries) == 6 and [e.line for e in entries] == [1, 2, 3, 5, 6, 7]
+    assert [e.problem for e in entries] == ["", "", "invalid_utf8", "invalid_json", "not_an_object", ""]
+    assert entries[0].record == {"id": "bom"} and entries[1].record == {"id": "sep\u2028inside"}
+    assert entries[2].raw == '{"id": "lone \\udcff"}'
+
+
 def test_length_limit_holds_without_a_tokenizer(corpus: Path, processor) -> None:
     """The default count (UTF-8 byte bound + exact media tokens) never under-counts the processor's real count."""
     bound, method = make_token_counter(None, processor.config)
