@@ -54,7 +54,8 @@ def validate(
         summary = Path(cfg.out_dir) / cfg.name / "summary.json"
         if summary.is_file():
             s = json.loads(summary.read_text())
-            typer.echo(f"input {s['input']}  kept {s['kept']}  quarantined {s['quarantined']}  {s['by_reason']}")
+            typer.echo(f"input {s['input']}  kept {s['kept']}  quarantined {s['quarantined']}  {s['by_reason']}  "
+                       f"(+ {s['blank_lines']} blank lines)")
     typer.echo(f"wrote {out}")
 
 
