@@ -15,11 +15,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def make_corpus(root: Path, scale: float = 0.2, seed: int = 0, vocab_size: int = 512) -> tuple[Path, Path]:
     """Generate the synthetic corpus under `root` and train a tokenizer on it: (manifest dir, tokenizer dir)."""
-    from nvila_model.data.generate import GenerateConfig, run_generate
+    from nvila_model.data.config import GenerateConfig
+    from nvila_model.data.generate import run_generate
     from nvila_model.data.manifest import conversation_text, read_manifest
     from nvila_model.tokenizer import train_tokenizer
 
-    data = run_generate(GenerateConfig(out_dir=str(root / "raw"), scale=scale, seed=seed))
+    data = run_generate(GenerateConfig(scale=scale, seed=seed), root / "raw" / "synth")
     texts = [conversation_text(r["conversations"]) for r in read_manifest(data / "train.jsonl")]
     tok_dir = root / "tokenizer"
     train_tokenizer(texts, vocab_size).save_pretrained(str(tok_dir))

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from nvila_model.data.collate import PaddingCollator
-from nvila_model.data.generate import GenerateConfig, run_generate
+from nvila_model.data.config import GenerateConfig
+from nvila_model.data.generate import run_generate
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.manifest import read_manifest
 from nvila_model.presets import build_config
@@ -46,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        root = run_generate(GenerateConfig(out_dir=tmp, scale=args.scale))
+        root = run_generate(GenerateConfig(scale=args.scale), Path(tmp) / "synth")
         records = read_manifest(root / "train.jsonl")
         texts = [t["value"] for r in records[:500] for t in r["conversations"]]
         config = build_config(args.preset)

@@ -27,14 +27,15 @@ VARIANTS = {"fp32": None, "w8a8": {"llm": {"enabled": False}}, "w8a8_w4a16": {}}
 
 def fresh_checkpoint(preset: str, root: Path) -> tuple[Path, Path]:
     """Synthetic data + an untrained `preset` model with a tokenizer trained on that data's text."""
-    from nvila_model.data.generate import GenerateConfig, run_generate
+    from nvila_model.data.config import GenerateConfig
+    from nvila_model.data.generate import run_generate
     from nvila_model.data.manifest import read_manifest
     from nvila_model.modeling import NVILAForConditionalGeneration
     from nvila_model.presets import build_config
     from nvila_model.processor import NVILAProcessor
     from nvila_model.tokenizer import train_tokenizer
 
-    data_dir = run_generate(GenerateConfig(out_dir=str(root / "data"), scale=0.05))
+    data_dir = run_generate(GenerateConfig(scale=0.05), root / "data" / "synth")
     records = read_manifest(data_dir / "train.jsonl")
     config = build_config(preset)
     tokenizer = train_tokenizer([t["value"] for r in records for t in r["conversations"]],
@@ -49,7 +50,7 @@ def fresh_checkpoint(preset: str, root: Path) -> tuple[Path, Path]:
 
 def quantize_variants(checkpoint: Path, calib: Path, root: Path, args: argparse.Namespace) -> dict[str, Path]:
     """The variant directories: the fp32 checkpoint itself and the two quantized exports."""
-    from nvila_model.params import from_dict
+    from nvila_model.params import parse
     from nvila_model.quant.config import QuantizeConfig
     from nvila_model.quant.quantize import run_quantize
 
@@ -60,7 +61,7 @@ def quantize_variants(checkpoint: Path, calib: Path, root: Path, args: argparse.
             continue
         llm = {"group_size": args.group_size, "num_calib_samples": args.calib_samples, **changes.get("llm", {})}
         values = {"num_threads": args.threads, "llm": llm}
-        paths[name] = run_quantize(from_dict(QuantizeConfig, values), checkpoint, root / name, calib)
+        paths[name] = run_quantize(parse(QuantizeConfig, values), checkpoint, root / name, calib)
     return paths
 
 

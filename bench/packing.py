@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from nvila_model.data.collate import PackingCollator, PaddingCollator, model_inputs
-from nvila_model.data.generate import GenerateConfig, run_generate
+from nvila_model.data.config import GenerateConfig
+from nvila_model.data.generate import run_generate
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.manifest import read_manifest
 from nvila_model.modeling import NVILAForConditionalGeneration
@@ -61,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        root = run_generate(GenerateConfig(out_dir=tmp, scale=0.3))
+        root = run_generate(GenerateConfig(scale=0.3), Path(tmp) / "synth")
         records = read_manifest(root / "train.jsonl")
         order = torch.randperm(len(records), generator=torch.Generator().manual_seed(0))[: args.samples]
         records = [records[i] for i in order.tolist()]  # a mix of every subset, as a shuffled epoch gives

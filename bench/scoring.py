@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from nvila_model.data.generate import GenerateConfig, run_generate
+from nvila_model.data.config import GenerateConfig
+from nvila_model.data.generate import run_generate
 from nvila_model.data.manifest import conversation_text, read_manifest
 from nvila_model.deltaloss.config import RayConfig, ScoreConfig
 from nvila_model.deltaloss.ray_pool import score_records_ray
@@ -41,7 +42,7 @@ def build_corpus(root: Path, num_samples: int) -> tuple[list[dict], Path, Path]:
     """Records of the synthetic attributes/counting subsets, plus two random-init checkpoints."""
     subsets = {name: {"enabled": False} for name in OFF}
     subsets.update(attributes={"train": num_samples // 2}, counting={"train": num_samples - num_samples // 2})
-    data = run_generate(GenerateConfig(out_dir=str(root / "raw"), subsets=subsets))
+    data = run_generate(GenerateConfig(subsets=subsets), root / "raw" / "synth")
     records = read_manifest(data / "train.jsonl")
     tokenizer = train_tokenizer([conversation_text(r["conversations"]) for r in records], 400)
     paths = []

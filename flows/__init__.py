@@ -1,5 +1,1 @@
 """Prefect flows composing the pipeline tasks."""
-
-from tasks.env import configure
-
-configure()

@@ -1,21 +1,23 @@
-"""`nvila pipeline run|serve|trigger|stages` and `nvila ui`: the orchestration commands of the `nvila` CLI."""
+"""`nvila pipeline run|sweep|serve|trigger|stages` and `nvila ui`: the orchestration commands of the `nvila` CLI."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from tasks.env import configure
+from tasks.env import project_dir
 
 pipeline_app = typer.Typer(help="Run, serve and trigger the Prefect pipeline flow.", no_args_is_help=True)
 
 PARAMS_OPT = typer.Option("params.yaml", "--params", help="params file (relative to the project root)")
+SET_OPT = typer.Option([], "--set", help="KEY.FIELD=VALUE setting for this run, e.g. image_sft.epochs=5 "
+                       "(repeatable; VALUE is YAML; as `dvc exp run -S`)")
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -23,9 +25,9 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def _enter_project() -> Path:
-    """Run from the project root (stage paths in params.yaml are relative to it). SIGTERM exits normally, so the
-    ephemeral Prefect server and the Ray instance this process started are shut down by their exit hooks."""
-    root = configure()
+    """Run from the project root (dvc.yaml and params.yaml live there). SIGTERM exits normally, so the services
+    this process started are shut down by their exit hooks."""
+    root = project_dir()
     os.chdir(root)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return root
@@ -33,64 +35,74 @@ def _enter_project() -> Path:
 
 @pipeline_app.command("run")
 def run(
-    preset: str | None = typer.Option(None, help="model preset (default: params.yaml model.preset)"),
-    stages: str | None = typer.Option(None, help="comma-separated stages to run (default: pipeline.stages)"),
-    datasets: str | None = typer.Option(None, help="comma-separated dataset subsets"),
-    seed: int | None = typer.Option(None, help="seed for every stage that has one"),
+    stages: str | None = typer.Option(None, help="comma-separated stages to run, each with what it needs "
+                                      "(default: pipeline.stages)"),
+    preset: str | None = typer.Option(None, help="model preset (model.preset)"),
+    seed: int | None = typer.Option(None, help="seed of every stage (seed)"),
     keep_ratio: float | None = typer.Option(None, help="DeltaLoss keep ratio (prune.keep_ratio)"),
     prune_method: str | None = typer.Option(None, help="deltaloss | random (prune.method)"),
     experiment: str | None = typer.Option(None, help="MLflow experiment (default: pipeline.experiment)"),
-    set_: list[str] = typer.Option([], "--set", help="KEY.FIELD=VALUE config override, e.g. "
-                                   "image_sft.epochs=5 (repeatable; VALUE is YAML)"),
+    set_: list[str] = SET_OPT,
+    apply: bool = typer.Option(True, "--apply/--no-apply", help="bring the finished run's params, dvc.lock and "
+                               "outputs into this working tree (dvc exp apply)"),
     params: str = PARAMS_OPT,
 ) -> None:
-    """Run the full pipeline now (ephemeral Prefect API unless PREFECT_API_URL is set; embedded MLflow)."""
+    """Run the pipeline now as a DVC experiment (ephemeral Prefect API unless PREFECT_API_URL is set)."""
     root = _enter_project()
-    from flows.config import flow_parameters, load_pipeline_config, parse_overrides
+    from flows.config import load_pipeline_config, parse_overrides
     from flows.pipeline import nvila_pipeline
 
-    cfg = load_pipeline_config(params, preset=preset, stages=_split(stages), datasets=_split(datasets), seed=seed,
-                               keep_ratio=keep_ratio, prune_method=prune_method, experiment=experiment)
-    overrides = parse_overrides(set_)
+    cfg = load_pipeline_config(params)
     start = time.monotonic()
-    result = nvila_pipeline(**flow_parameters(cfg, params), overrides=overrides or None)
+    result = nvila_pipeline(preset=preset, stages=_split(stages) or cfg.stages, seed=seed, keep_ratio=keep_ratio,
+                            prune_method=prune_method, overrides=parse_overrides(set_) or None,
+                            experiment=experiment or cfg.experiment, params_file=params,
+                            registered_model=cfg.registered_model, best_metric=cfg.best_metric, apply=apply)
     _print_summary(root, result, time.monotonic() - start)
 
 
-def _print_summary(root: Path, result: dict[str, str], seconds: float) -> None:
+def _print_summary(root: Path, result: dict[str, Any], seconds: float) -> None:
+    from tasks.report import markdown_table
     from tasks.tracking import tracking_uri, ui_url
 
-    typer.echo(f"\nPipeline finished in {seconds / 60:.1f} min. Outputs (under {root}):")
-    for stage, path in result.items():
-        if stage != "mlflow_run_id":
-            typer.echo(f"  {stage:16s} {path}")
-    for name in ("runs/eval/metrics.json", "runs/eval_quantized/metrics.json"):
-        if (root / name).is_file():
-            typer.echo(f"{name}: {json.dumps(json.loads((root / name).read_text()))[:400]}")
-    typer.echo(f"MLflow run {result.get('mlflow_run_id')} in {tracking_uri()}")
-    typer.echo("Open the UIs:  make ui   (or: nvila ui)  then")
-    typer.echo(f"  Prefect: http://127.0.0.1:4200    MLflow: {ui_url()}")
-    typer.echo("MLflow only:   mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri " + tracking_uri())
+    ran = [s for s, how in result["stages"].items() if how == "ran"]
+    typer.echo(f"\nPipeline finished in {seconds / 60:.1f} min: DVC experiment {result['experiment']}, "
+               f"{len(ran)} stage(s) ran, {len(result['stages']) - len(ran)} restored from the cache.")
+    trained = result["metrics"].get("trained", {})
+    if "acc_mean" in trained:
+        typer.echo(f"Mean accuracy {trained['acc_mean']:.3f} (chance {trained.get('chance_mean', float('nan')):.3f})"
+                   + (f"; quantized {result['metrics']['quantized']['acc_mean']:.3f}"
+                      if "acc_mean" in result["metrics"].get("quantized", {}) else ""))
+        accs = {name: {k: v for k, v in m.items() if k.startswith(("acc_", "chance_"))}
+                for name, m in result["metrics"].items()}
+        typer.echo(markdown_table(accs))
+    where = "this working tree (runs/, data/)" if result["applied"] else f"`dvc exp apply {result['experiment']}`"
+    typer.echo(f"Outputs: {where}; `dvc exp show` compares runs.")
+    typer.echo(f"MLflow run {result['mlflow_run_id']} in {tracking_uri()}")
+    typer.echo(f"UIs: `make ui` (or `nvila ui`), then Prefect http://127.0.0.1:4200, MLflow {ui_url()}")
 
 
 @pipeline_app.command("sweep")
 def sweep(
     keep_ratios: str | None = typer.Option(None, help="comma-separated keep ratios, 1 = all data (default: sweep:)"),
     methods: str | None = typer.Option(None, help="comma-separated pruning methods (default: sweep.methods)"),
-    preset: str | None = typer.Option(None, help="model preset (default: params.yaml model.preset)"),
-    seed: int | None = typer.Option(None, help="seed of every stage that has one"),
+    preset: str | None = typer.Option(None, help="model preset (model.preset)"),
+    seed: int | None = typer.Option(None, help="seed of every stage (seed)"),
     experiment: str | None = typer.Option(None, help="MLflow experiment (default: sweep.experiment)"),
+    set_: list[str] = SET_OPT,
+    report_dir: str = typer.Option("runs/sweep", help="folder of the comparison table and plot"),
     params: str = PARAMS_OPT,
 ) -> None:
-    """Pruning sweep: SFT and eval per keep ratio and method on shared pre-training; accuracy vs training time."""
+    """Pruning sweep: one pipeline run per keep ratio and method (shared upstream restored from the cache)."""
     _enter_project()
-    from flows.config import load_sweep_config
+    from flows.config import load_sweep_config, parse_overrides
     from flows.sweep import pruning_sweep
     from tasks.sweep import markdown_table
 
     ratios = [float(r) for r in _split(keep_ratios)] if keep_ratios else None
     rows = pruning_sweep(keep_ratios=ratios, methods=_split(methods), preset=preset, seed=seed,
-                         experiment=experiment, params_file=params)
+                         experiment=experiment, report_dir=report_dir, params_file=params,
+                         overrides=parse_overrides(set_) or None)
     typer.echo(markdown_table(rows, load_sweep_config(params).metric, links=False))
 
 
@@ -116,27 +128,21 @@ def trigger(
 ) -> None:
     """Trigger a served deployment through the Prefect API (what the UI's Run button does)."""
     _enter_project()
-    from prefect.deployments import run_deployment
+    from flows.deploy import trigger_deployment
 
-    parameters = {}
-    for item in parameter:
-        key, _, raw = item.partition("=")
-        try:
-            parameters[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            parameters[key] = raw
-    flow_run = run_deployment(name, parameters=parameters, timeout=timeout)
+    flow_run = trigger_deployment(name, parameter, timeout)
     typer.echo(f"flow run {flow_run.name} ({flow_run.id}): {flow_run.state.name if flow_run.state else 'unknown'}")
 
 
 @pipeline_app.command("stages")
 def stages() -> None:
-    """List the pipeline stages in order and whether each one's library entry point is importable."""
-    _enter_project()
-    from tasks.stages import ORDER, available, spec
+    """List the pipeline's stages in order (from dvc.yaml) with what each depends on."""
+    root = _enter_project()
+    from tasks.dvc_stages import stage_graph
 
-    for stage in ORDER:
-        typer.echo(f"{stage:16s} {spec(stage).entry:45s} {'ok' if available(stage) else 'not importable'}")
+    order, needs = stage_graph(root)
+    for stage in order:
+        typer.echo(f"{stage:16s} needs {', '.join(sorted(needs[stage])) or '-'}")
 
 
 def ui(

@@ -8,15 +8,63 @@ from pathlib import Path
 from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
-from flows.config import PipelineConfig, flow_parameters, load_pipeline_config
+from flows.config import PipelineConfig, load_pipeline_config
 from flows.pipeline import nvila_pipeline
 from flows.services import HOST, start_mlflow_server, start_prefect_server, stop
 from tasks.env import project_dir
 
 
 def deployment_parameters(cfg: PipelineConfig, params: str | Path) -> dict[str, object]:
-    """Default parameters of the deployment: the `pipeline:` key of params.yaml (None values left out)."""
-    return {k: v for k, v in flow_parameters(cfg, params).items() if v is not None}
+    """Default parameters of the deployment: the `pipeline:` key of params.yaml. Runs triggered from the UI or the
+    schedule are DVC experiments that leave the project's working tree alone (`dvc exp apply` brings one in)."""
+    return {"stages": cfg.stages, "experiment": cfg.experiment, "params_file": str(params),
+            "registered_model": cfg.registered_model, "best_metric": cfg.best_metric, "apply": False}
+
+
+def trigger_deployment(name: str, items: list[str], timeout: float) -> object:
+    """Run deployment `name` with `key=value` parameters (values are JSON, else strings), checked against the
+    flow's parameters first: a bad name or value is one line."""
+    import json
+
+    from prefect.deployments import run_deployment
+
+    from flows.sweep import pruning_sweep
+
+    flow = pruning_sweep if name.startswith("pruning-sweep/") else nvila_pipeline
+    parameters = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            parameters[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            parameters[key] = raw
+    check_parameters(flow, parameters)
+    return run_deployment(name, parameters=parameters, timeout=timeout)
+
+
+def check_parameters(flow: object, parameters: dict[str, object]) -> None:
+    """Validate `parameters` against `flow`'s signature as Prefect will; each problem one line (ValueError)."""
+    from prefect.exceptions import ParameterTypeError
+    from prefect.utilities.callables import parameter_schema
+
+    unknown = sorted(set(parameters) - set(parameter_schema(flow.fn).properties))
+    if unknown:
+        raise ValueError(f"parameters {unknown} unknown; the flow takes {sorted(parameter_schema(flow.fn).properties)}")
+    try:
+        flow.validate_parameters(parameters)
+    except ParameterTypeError as exc:
+        raise ValueError(parameter_problem(exc)) from None
+
+
+def parameter_problem(exc: Exception) -> str:
+    """Prefect's parameter validation error as one line: which parameter, what is wrong."""
+    cause = exc.__cause__ or exc
+    errors = getattr(cause, "errors", None)
+    if callable(errors):
+        return "; ".join(f"parameter {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors())
+    return " ".join(str(exc).split())
 
 
 SWEEP_DEPLOYMENT = "nvila-sweep"
@@ -33,7 +81,7 @@ def serve_pipeline(params: str | Path = "params.yaml", name: str | None = None, 
     cfg = load_pipeline_config(params)
     pipeline = nvila_pipeline.to_deployment(
         name=name or cfg.deployment,
-        schedules=[Cron(cron or cfg.cron, timezone=cfg.timezone)],
+        schedules=[Cron(cron or cfg.cron, timezone=cfg.timezone)] if (cron or cfg.cron) else [],
         parameters={**deployment_parameters(cfg, params), **(parameters or {})},
         description="NVILA pipeline: data, DeltaLoss pruning, five-stage training, eval, fine-tune, quantize.",
         tags=["nvila"],

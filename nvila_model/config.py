@@ -7,8 +7,12 @@ from typing import Any
 from transformers import PretrainedConfig, Qwen2Config, SiglipVisionConfig
 
 # Projector name -> spatial-to-channel factor (tokens per tile shrink by factor**2).
-PROJECTOR_FACTORS = {"none": 1, "mlp_downsample": 2, "mlp_downsample_3x3_fix": 3}
+# `mlp_downsample_2x2_fix` is the reference's second name for the same 2x2 block (identical computation); it is kept
+# as its own kind so an imported checkpoint exports under the name it came with.
+PROJECTOR_FACTORS = {"none": 1, "mlp_downsample": 2, "mlp_downsample_2x2_fix": 2, "mlp_downsample_3x3_fix": 3}
 GRID_MODES = ("search", "round")
+# Video frame picks: "centre" of equal segments (ours), "linspace" = round(linspace(0, n-1, k)) (the reference's).
+FRAME_SAMPLING = ("centre", "linspace")
 
 
 class NVILAConfig(PretrainedConfig):
@@ -17,8 +21,12 @@ class NVILAConfig(PretrainedConfig):
     `s2_scales` are square input sizes; every scale but the largest is squared and tiled, the largest keeps the
     aspect ratio (grid chosen by `s2_grid_mode`: "search" is the repository's aspect-ratio search over grids with
     `s2_min_tiles`..`s2_max_tiles` tiles, "round" is the paper's reading, each side rounded to a multiple of the tile).
-    Video: `num_video_frames` evenly spaced frames, one tile each, projected tokens averaged over groups of
-    `video_pool_size` consecutive frames.
+    `s2_tile_images=False` keeps an S2-width projector but sends every image as one tile (each scale then repeats
+    that tile's map), as the reference does with `image_aspect_ratio: resize` on a dynamic-S2 model.
+    Video: `num_video_frames` frames picked by `video_frame_sampling`, one tile each, projected tokens averaged over
+    groups of `video_pool_size` consecutive frames.
+    `image_token` / `video_token` are the tokenizer's strings for the media placeholders (ids `image_token_id` /
+    `video_token_id`); an imported official checkpoint keeps its own (`<image>`, `<vila/video>`).
     """
 
     model_type = "nvila"
@@ -39,6 +47,10 @@ class NVILAConfig(PretrainedConfig):
         video_pool_size: int = 1,
         image_token_id: int = 3,
         video_token_id: int = 4,
+        s2_tile_images: bool = True,
+        video_frame_sampling: str = "centre",
+        image_token: str = "<image>",
+        video_token: str = "<video>",
         image_mean: float = 0.5,
         image_std: float = 0.5,
         system_prompt: str = "You are a helpful assistant.",
@@ -65,6 +77,10 @@ class NVILAConfig(PretrainedConfig):
         self.video_pool_size = video_pool_size
         self.image_token_id = image_token_id
         self.video_token_id = video_token_id
+        self.s2_tile_images = s2_tile_images
+        self.video_frame_sampling = video_frame_sampling
+        self.image_token = image_token
+        self.video_token = video_token
         self.image_mean = image_mean
         self.image_std = image_std
         self.system_prompt = system_prompt
@@ -125,6 +141,11 @@ class NVILAConfig(PretrainedConfig):
                 raise ValueError(f"s2_grid_mode {self.s2_grid_mode!r} unknown; choose one of {GRID_MODES}")
             if not 1 <= self.s2_min_tiles <= self.s2_max_tiles:
                 raise ValueError(f"need 1 <= s2_min_tiles ({self.s2_min_tiles}) <= s2_max_tiles ({self.s2_max_tiles})")
+        if self.video_frame_sampling not in FRAME_SAMPLING:
+            raise ValueError(f"video_frame_sampling {self.video_frame_sampling!r} unknown; "
+                             f"choose one of {FRAME_SAMPLING}")
+        if self.image_token == self.video_token or self.image_token_id == self.video_token_id:
+            raise ValueError("image and video placeholder tokens must differ")
         if self.num_video_frames % self.video_pool_size:
             raise ValueError(f"num_video_frames {self.num_video_frames} is not divisible by video_pool_size "
                              f"{self.video_pool_size}")

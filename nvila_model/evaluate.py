@@ -7,7 +7,7 @@ import re
 import resource
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +15,14 @@ import torch
 
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
-from nvila_model.manifest import write_stage_manifest
-from nvila_model.params import load_config
+from nvila_model.manifest import staged_output, write_stage_manifest
+from nvila_model.train.config import EvalConfig
 
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve".split())}
 
 
-@dataclass
-class EvalConfig:
-    """`params.yaml:eval`: which checkpoint, which test data, where to write."""
-
-    checkpoint: str = "runs/video_sft"
-    datasets: list[str] = field(default_factory=lambda: ["synth-all"])
-    split: str = "test"
-    out_dir: str = "runs/eval"
-    batch_size: int = 16
-    max_new_tokens: int = 8
-    limit_per_subset: int | None = None
-    subsets_file: str | None = "data/raw/synth/subsets.json"   # chance level per subset (the generator writes it)
-    efficiency_samples: int = 4
-    decode_tokens: int = 16
-    params_file: str = "params.yaml"                            # where the `datasets` registry is read from
+SUBSETS_FILE = "subsets.json"  # chance level per subset, beside a generated corpus's manifests
 
 
 def normalise(text: str) -> str:
@@ -86,8 +72,8 @@ def load_model(checkpoint: str | Path):
     return model.eval(), NVILAProcessor.from_pretrained(path)
 
 
-def test_samples(cfg: EvalConfig) -> list[dict[str, Any]]:
-    registry = DatasetRegistry(load_config("datasets", DatasetsConfig, cfg.params_file))
+def test_samples(cfg: EvalConfig, datasets: DatasetsConfig, data: str | Path | None) -> list[dict[str, Any]]:
+    registry = DatasetRegistry(datasets, data)
     records, seen = [], defaultdict(int)
     for name in cfg.datasets:
         for record in registry.records(name, cfg.split):
@@ -158,15 +144,17 @@ def efficiency(model, processor, records: list[dict[str, Any]], samples: int, de
             "decode_tokens_per_s": sum(decode) / max(1, len(decode)), "peak_memory_mb": peak / 2**20}
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, float]:
-    """Write `metrics.json` (flat) and `predictions.jsonl` to `cfg.out_dir`; returns the metrics."""
-    if cfg.subsets_file and not Path(cfg.subsets_file).is_file():
-        raise ValueError(f"{cfg.subsets_file}: eval.subsets_file not found (null for datasets without chance levels)")
-    model, processor = load_model(cfg.checkpoint)
-    records = test_samples(cfg)
+def run_eval(cfg: EvalConfig, datasets: DatasetsConfig, *, data: str | Path | None, checkpoint: str | Path,
+             out: str | Path) -> dict[str, float]:
+    """Evaluate `checkpoint` on the test split of `cfg.datasets` in the corpus `data`; write `metrics.json` (flat),
+    `predictions.jsonl` and `manifest.json` to `out`; returns the metrics. Chance levels come from the corpus's
+    `subsets.json` when it has one."""
+    model, processor = load_model(checkpoint)
+    records = test_samples(cfg, datasets, data)
     chance = None
-    if cfg.subsets_file:
-        chance = {row["name"]: row["chance"] for row in json.loads(Path(cfg.subsets_file).read_text())}
+    subsets_file = Path(data or ".") / SUBSETS_FILE
+    if data is not None and subsets_file.is_file():
+        chance = {row["name"]: row["chance"] for row in json.loads(subsets_file.read_text())}
     started = time.perf_counter()
     rows, failures = predict(model, processor, records, cfg.batch_size, cfg.max_new_tokens)
     metrics = score_predictions(rows, chance)
@@ -174,11 +162,10 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
     metrics["visual_tokens_per_sample"] = sum(r["visual_tokens"] for r in rows) / max(1, len(rows))
     metrics["failed_samples"] = float(len(failures))
     metrics |= efficiency(model, processor, records, cfg.efficiency_samples, cfg.decode_tokens)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=2))
-    with open(out / "predictions.jsonl", "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    write_stage_manifest(out, "eval", asdict(cfg), inputs={"checkpoint": Path(cfg.checkpoint) / "model.safetensors"})
+    with staged_output(out) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=2))
+        with open(tmp / "predictions.jsonl", "w") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+        write_stage_manifest(tmp, "eval", asdict(cfg), inputs={"checkpoint": Path(checkpoint) / "model.safetensors"})
     return metrics

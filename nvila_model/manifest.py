@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +63,45 @@ def write_stage_manifest(
     path = out_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2, default=str))
     return path
+
+
+def staging_dir(out: str | Path) -> Path:
+    """The temporary sibling a stage writes into before its output replaces `out` (fixed per output, so every
+    process of a distributed run agrees on it)."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.tmp")
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Put folder `new` at `out`; the previous `out`, if any, is removed only after the new one is in place."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_output(out: str | Path, swap: bool = True) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `out` to write a stage's output into.
+
+    On success it replaces `out`; on failure it is removed and `out` (the last good output) is left untouched. A
+    stage therefore never destroys its previous output before the new one is complete. `swap=False` (the non-main
+    processes of a distributed run) writes into the same folder without swapping.
+    """
+    out = Path(out)
+    tmp = staging_dir(out)
+    if swap:
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed run
+        tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        if swap:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if swap:
+        replace_dir(tmp, out)

@@ -17,9 +17,14 @@ def image_grid(config: NVILAConfig, width: int, height: int) -> tuple[int, int]:
     return choose_grid(width, height, c.tile_size, c.s2_grid_mode, c.s2_min_tiles, c.s2_max_tiles)
 
 
+def tiles_image(config: NVILAConfig, single_image: bool) -> bool:
+    """Whether an image goes through Dynamic-S2 tiling (only a sample's one image, and only if configured)."""
+    return config.dynamic_s2 and config.s2_tile_images and single_image
+
+
 def num_image_tokens(config: NVILAConfig, width: int, height: int, single_image: bool = True) -> int:
     """Visual tokens for one image (excluding its trailing newline); needs only the config, no tokenizer."""
-    if config.dynamic_s2 and single_image:
+    if tiles_image(config, single_image):
         cols, rows = image_grid(config, width, height)
         return cols * rows * config.tokens_per_tile
     return config.tokens_per_tile

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from nvila_model.config import NVILAConfig
-from nvila_model.media_tokens import image_grid, num_image_tokens, num_video_tokens
+from nvila_model.media_tokens import image_grid, num_image_tokens, num_video_tokens, tiles_image
 from nvila_model.modeling import KIND_S2_IMAGE, KIND_TILE_IMAGE, KIND_VIDEO
 from nvila_model.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN, check_tokenizer, load_tokenizer
 from nvila_model.video import frame_indices
@@ -26,10 +26,10 @@ class NVILAProcessor:
     """Image/video preprocessing (Dynamic-S2 tiling, uniform frames) plus the tokenizer and label masking."""
 
     def __init__(self, tokenizer, config: NVILAConfig):
-        check_tokenizer(tokenizer)
+        check_tokenizer(tokenizer, media_tokens=(config.image_token, config.video_token))
         self.tokenizer = tokenizer
         self.config = config
-        ids = tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, VIDEO_TOKEN])
+        ids = tokenizer.convert_tokens_to_ids([config.image_token, config.video_token])
         if ids != [config.image_token_id, config.video_token_id]:
             raise ValueError(f"tokenizer media token ids {ids} differ from the model config's "
                              f"{[config.image_token_id, config.video_token_id]}")
@@ -53,7 +53,7 @@ class NVILAProcessor:
         if not cfg_file.is_file():
             raise ValueError(f"{path}: not an NVILA processor directory (no processor_config.json)")
         config = NVILAConfig.from_dict(json.loads(cfg_file.read_text()))
-        return cls(load_tokenizer(path), config)
+        return cls(load_tokenizer(path, (config.image_token, config.video_token)), config)
 
     # Token counts without running the model -----------------------------------------------------------------
     def image_grid(self, width: int, height: int) -> tuple[int, int]:
@@ -67,8 +67,12 @@ class NVILAProcessor:
         """Visual tokens for a video of `frames` sampled frames (excluding the newlines after each group)."""
         return num_video_tokens(self.config, frames)
 
+    def tiles_image(self, single_image: bool) -> bool:
+        """Whether an image goes through Dynamic-S2 tiling (only a sample's one image, and only if configured)."""
+        return tiles_image(self.config, single_image)
+
     def video_frame_indices(self, total_frames: int) -> list[int]:
-        return frame_indices(total_frames, self.config.num_video_frames)
+        return frame_indices(total_frames, self.config.num_video_frames, self.config.video_frame_sampling)
 
     # Pixels -----------------------------------------------------------------------------------------------
     def _to_tensor(self, img: Image.Image) -> torch.Tensor:
@@ -88,7 +92,7 @@ class NVILAProcessor:
         if img.mode != "RGB":
             img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA") else img.convert("RGB")
         c = self.config
-        if not (c.dynamic_s2 and single_image):
+        if not self.tiles_image(single_image):
             return self._tiles(img, 1, 1), [KIND_TILE_IMAGE, 1, 1, 0]
         cols, rows = self.image_grid(img.width, img.height)
         square = [self._tiles(img, s // c.tile_size, s // c.tile_size) for s in c.s2_scales[:-1]]

@@ -29,7 +29,8 @@ def space_to_channel(x_NHWC: torch.Tensor, factor: int) -> torch.Tensor:
 
 class Projector(nn.Module):
     """`none`: Linear-GELU-Linear per patch (the VILA-1.5-like baseline).
-    `mlp_downsample` (2x2 STC): LayerNorm(4C) -> Linear(4C, D) -> GELU -> Linear(D, D).
+    `mlp_downsample` / `mlp_downsample_2x2_fix` (2x2 STC, two names of one block): LayerNorm(4C) -> Linear(4C, D)
+    -> GELU -> Linear(D, D).
     `mlp_downsample_3x3_fix` (3x3 STC): LayerNorm(9C) -> Linear(9C, 3C) -> GELU -> LayerNorm(3C) -> Linear(3C, D)
     -> GELU -> Linear(D, D).
     """
@@ -43,7 +44,7 @@ class Projector(nn.Module):
         c, d = in_channels, out_channels
         if kind == "none":
             layers = [nn.Linear(c, d), nn.GELU(), nn.Linear(d, d)]
-        elif kind == "mlp_downsample":
+        elif self.factor == 2:
             layers = [nn.LayerNorm(4 * c), nn.Linear(4 * c, d), nn.GELU(), nn.Linear(d, d)]
         else:
             layers = [nn.LayerNorm(9 * c), nn.Linear(9 * c, 3 * c), nn.GELU(), nn.LayerNorm(3 * c),

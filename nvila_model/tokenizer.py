@@ -46,18 +46,23 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, system_prompt: str = 
     return tokenizer
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """Load a tokenizer directory (ours or a user's) and check it has the tokens NVILA needs."""
+def load_tokenizer(path: str | Path, media_tokens: tuple[str, str] = (IMAGE_TOKEN, VIDEO_TOKEN),
+                   ) -> PreTrainedTokenizerBase:
+    """Load a tokenizer directory (ours or a user's) and check it has the tokens NVILA needs.
+
+    `media_tokens`: the image and video placeholder strings (ours by default; an imported official tokenizer has
+    `<image>` and `<vila/video>`)."""
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path}: tokenizer directory not found")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    check_tokenizer(tokenizer, str(path))
+    check_tokenizer(tokenizer, str(path), media_tokens)
     return tokenizer
 
 
-def check_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str = "tokenizer") -> None:
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str = "tokenizer",
+                    media_tokens: tuple[str, str] = (IMAGE_TOKEN, VIDEO_TOKEN)) -> None:
     vocab = tokenizer.get_vocab()
-    missing = [t for t in SPECIAL_TOKENS[1:] if t not in vocab]
+    missing = [t for t in ("<|im_start|>", "<|im_end|>", *media_tokens) if t not in vocab]
     if missing:
         raise ValueError(f"{where}: missing special tokens {missing} (NVILA needs ChatML and media markers)")

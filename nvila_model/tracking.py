@@ -27,3 +27,16 @@ class NullTracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         pass
+
+
+_CURRENT: list[Tracker] = [NullTracker()]
+
+
+def set_tracker(tracker: Tracker) -> None:
+    """Install the tracker stage commands log through (the `nvila` entry point does, when a run is tracked)."""
+    _CURRENT[0] = tracker
+
+
+def current_tracker() -> Tracker:
+    """The tracker installed by the entry point, else the do-nothing one."""
+    return _CURRENT[0]

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
-def frame_indices(total_frames: int, num_frames: int) -> list[int]:
-    """`num_frames` evenly spaced indices covering the whole video (the centre of each of equal segments).
+def frame_indices(total_frames: int, num_frames: int, rule: str = "centre") -> list[int]:
+    """`num_frames` evenly spaced indices covering the whole video.
 
+    `rule="centre"`: the centre of each of `num_frames` equal segments; `rule="linspace"`: the reference's
+    round(linspace(0, total_frames - 1, num_frames)), first and last frame included (numpy rounds halves to even).
     A video shorter than `num_frames` repeats frames so the model always sees the configured count.
     """
     if total_frames <= 0:
         raise ValueError(f"video has no frames (total_frames={total_frames})")
     if num_frames <= 0:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
+    if rule == "linspace":
+        return [int(i) for i in np.round(np.linspace(0, total_frames - 1, num_frames))]
+    if rule != "centre":
+        raise ValueError(f"unknown frame sampling rule {rule!r}; choose 'centre' or 'linspace'")
     segment = total_frames / num_frames
     return [min(total_frames - 1, int(segment * (i + 0.5))) for i in range(num_frames)]
 

@@ -11,34 +11,37 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from nvila_model.manifest import git_revision
-from tasks.caching import SOURCE_ROOT
 from tasks.stage_task import RunContext
-from tasks.tracking import MlflowTracker, dvc_lock_hashes, flatten, run_status, run_url, start_run, ui_url
+from tasks.tracking import MlflowTracker, flatten, run_url, start_run, ui_url
 
 ARTIFACT_KEY = "nvila-eval"
+KIND_TAG = "kind"  # "pipeline" on the parent run of a pipeline run: `tags.kind = 'pipeline'` lists them
 
 
 @task(name="open-pipeline-run")
-def open_pipeline_run(experiment: str, run_name: str, params: dict[str, Any]) -> RunContext:
-    """Create the parent MLflow run of this pipeline run, tagged with Prefect ids, git revision and DVC hashes."""
-    tags = {"prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": str(flow_run.name or ""),
-            "git.revision": git_revision(SOURCE_ROOT), **dvc_lock_hashes()}
+def open_pipeline_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> RunContext:
+    """Create the parent MLflow run of this pipeline run, tagged with its Prefect ids and `tags`."""
+    tags = {KIND_TAG: "pipeline", "prefect.flow_run_id": str(flow_run.id or ""),
+            "prefect.flow_run_name": str(flow_run.name or ""), **tags}
     tracker = start_run(experiment, run_name, tags=tags)
     tracker.log_params(params)
     return RunContext(experiment, tracker.run_id)
 
 
 @task(name="close-pipeline-run")
-def close_pipeline_run(run: RunContext, ok: bool) -> None:
-    """Mark the parent run finished or failed."""
-    run.parent().end(run_status(ok))
+def close_pipeline_run(run: RunContext, status: str, tags: dict[str, str] | None = None) -> None:
+    """Tag the parent run (DVC experiment, output hashes) and close it with an MLflow status."""
+    parent = run.parent()
+    if tags:
+        parent.set_tags(tags)
+    parent.end(status)
 
 
-def read_metrics(eval_dir: str | None) -> dict[str, float]:
-    """Flattened numeric metrics of an eval output directory (`metrics.json`); empty when absent."""
-    path = Path(eval_dir or "") / "metrics.json"
-    if not eval_dir or not path.is_file():
+def read_metrics(path: str | Path | None) -> dict[str, float]:
+    """Flattened numeric metrics of a `metrics.json` (or the eval folder holding one); empty when absent."""
+    path = Path(path or "")
+    path = path / "metrics.json" if path.is_dir() else path
+    if not path.is_file():
         return {}
     flat = flatten(json.loads(path.read_text()))
     return {k: float(v) for k, v in flat.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -110,10 +113,12 @@ def markdown_table(columns: dict[str, dict[str, float]]) -> str:
 
 
 @task(name="publish-report")
-def publish_report(run: RunContext, evals: dict[str, str], outputs: dict[str, str]) -> str:
-    """Log metrics and plots to the parent run and publish the Prefect Markdown artifact; returns its Markdown."""
+def publish_report(run: RunContext, columns: dict[str, dict[str, float]], experiment: str,
+                   stages: dict[str, str]) -> str:
+    """Log the eval metrics and plots to the parent run and publish the Prefect Markdown artifact (key
+    `nvila-eval`); returns its Markdown. Called only by runs that evaluated, so a partial run leaves the latest
+    evaluation artifact alone."""
     parent = run.parent()
-    columns = {name: read_metrics(path) for name, path in evals.items() if read_metrics(path)}
     for name, metrics in columns.items():
         parent.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,22 +126,22 @@ def publish_report(run: RunContext, evals: dict[str, str], outputs: dict[str, st
             if png is not None:
                 parent.log_artifact(png, "plots")
     link = run_url(parent)
-    stage_lines = "\n".join(f"- `{stage}` -> `{path}`" for stage, path in outputs.items())
+    stage_lines = "\n".join(f"- `{stage}`: {how}" for stage, how in stages.items())
     markdown = (
         f"# NVILA pipeline: evaluation\n\n{markdown_table(columns)}\n"
         f"MLflow run: [{run.parent_run_id}]({link}) (UI at {ui_url()}; start it with `nvila ui`)\n\n"
-        f"## Stage outputs\n{stage_lines or '- none'}\n"
+        f"DVC experiment: `{experiment}` (`dvc exp show`, `dvc exp apply {experiment}`)\n\n"
+        f"## Stages\n{stage_lines or '- none'}\n"
     )
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=markdown, description="NVILA evaluation metrics")
     return markdown
 
 
 @task(name="register-model")
-def register_model(run: RunContext, checkpoint: str, name: str, metric: str, eval_dir: str | None) -> str:
+def register_model(run: RunContext, checkpoint: Path, name: str, metric: str, value: float | None) -> str:
     """Log `checkpoint` as an MLflow pyfunc model in the parent run, register it as `name`, refresh alias `best`."""
     from tasks.registry import log_and_register, set_best_alias
 
-    value = read_metrics(eval_dir).get(metric)
     version = log_and_register(run.parent(), checkpoint, name, metric, value)
     set_best_alias(name)
     return version

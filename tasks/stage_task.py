@@ -1,23 +1,52 @@
-"""The Prefect task that runs one pipeline stage in an MLflow child run; retries on I/O errors, input-keyed cache."""
+"""The Prefect task that runs one DVC stage of a run's workspace, in an MLflow child run of the pipeline run.
+
+The stage runs as `dvc repro --single-item <stage>`: DVC decides whether to compute it or restore it from its
+run-cache (same command, params, code and inputs as an earlier run), runs the stage's `nvila` command and records
+the result in the workspace's `dvc.lock`. The command's output streams into the task's log (the Prefect UI shows
+it per stage); the stage command logs its step metrics to the child run it is given through the environment.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
 from prefect.runtime import flow_run, task_run
 
-from nvila_model.manifest import git_revision, hash_path
-from tasks.caching import SOURCE_ROOT, STAGE_CACHE
-from tasks.stages import Configs, spec
-from tasks.tracking import MlflowTracker, flatten, run_status, start_run
+from tasks.dvc_stages import lock_entry, lock_params, out_paths, outs_digest
+from tasks.tracking import (
+    RUN_ENV,
+    MlflowTracker,
+    client,
+    flatten,
+    run_status,
+    start_run,
+)
+from tasks.workspace import Workspace
 
-# Errors worth a retry: storage and network hiccups, not a missing input or a bad config.
-NOT_TRANSIENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+MARKER_ENV = "NVILA_STAGE_MARKER"  # the stage command touches this file when it runs (not when DVC restores it)
+TRANSIENT_EXIT = 75  # EX_TEMPFAIL: the stage command met an I/O error worth a retry
 SMALL_OUTPUTS = (".json", ".png", ".md", ".csv", ".txt", ".yaml")
+STOP_GRACE_S = 10.0
+
+
+class StageFailed(RuntimeError):
+    """A stage command failed; `exit_code` is the command's own exit status (75: transient, worth a retry)."""
+
+    def __init__(self, message: str, exit_code: int | None):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -31,84 +60,117 @@ class RunContext:
         return MlflowTracker(self.parent_run_id)
 
 
-def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry only transient I/O failures (OSError but not a missing path)."""
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry only a stage whose command reported a transient I/O failure."""
     try:
         state.result()
-    except NOT_TRANSIENT:
-        return False
-    except OSError:
-        return True
+    except StageFailed as exc:
+        return exc.exit_code == TRANSIENT_EXIT
     except BaseException:
         return False
     return False
 
 
-def stage_tags(stage: str) -> dict[str, str]:
-    """Tags of a stage run: Prefect flow/task run ids and the git revision."""
-    return {
-        "stage": stage,
-        "prefect.flow_run_id": str(flow_run.id or ""),
-        "prefect.root_flow_run_id": str(flow_run.root_flow_run_id or ""),
-        "prefect.task_run_id": str(task_run.id or ""),
-        "git.revision": git_revision(SOURCE_ROOT),
-    }
+def _failure(stage: str, lines: list[str]) -> StageFailed:
+    """The stage's own one-line error (`nvila: error: ...`) when it printed one, else DVC's last words."""
+    code_match = [re.search(r"exited with (-?\d+)", line) for line in lines]
+    codes = [int(m.group(1)) for m in code_match if m]
+    mine = [line.split("nvila: error: ", 1)[1] for line in lines if "nvila: error: " in line]
+    if mine:
+        return StageFailed(f"stage {stage}: " + "; ".join(mine), codes[-1] if codes else None)
+    tail = "\n".join(lines[-15:])
+    return StageFailed(f"stage {stage} failed:\n{tail}", codes[-1] if codes else None)
 
 
-def record_output(tracker: MlflowTracker, out: Path) -> str:
-    """Tag the run with the output's hash and its manifest's input hashes; log small files and metrics."""
-    digest = hash_path(out)
-    tracker.set_tags({"output.path": out, "output.sha256": digest})
-    manifest = out / "manifest.json"
-    if manifest.is_file():
-        inputs = json.loads(manifest.read_text()).get("inputs", {})
-        tracker.set_tags({f"data.{name}.sha256": meta.get("sha256", "") for name, meta in inputs.items()})
-    metrics = out / "metrics.json"
-    if metrics.is_file():
-        tracker.log_metrics(flatten(json.loads(metrics.read_text())))
-    for path in sorted(out.glob("*")) if out.is_dir() else [out]:
-        if path.is_file() and path.suffix in SMALL_OUTPUTS and path.stat().st_size < 5_000_000:
-            tracker.log_artifact(path, "outputs")
-    return digest
+def run_dvc(stage: str, ws: Workspace, env: dict[str, str]) -> None:
+    """`dvc repro --single-item stage` in the workspace, its output streamed to the task log line by line.
 
-
-@task(
-    name="stage",
-    task_run_name="{stage}",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_on_io,
-    cache_policy=STAGE_CACHE,
-    persist_result=True,
-)
-def run_stage(stage: str, config: Configs, run: RunContext) -> dict[str, str]:
-    """Run `stage` with its resolved `config` ({params key: dict}) in a child run of `run`.
-
-    Returns the output `path` and its `sha256`, so a later cache hit can tell whether the folder still holds
-    this result (another run with other params may have rewritten it).
+    An interrupt stops the stage command (SIGINT, then SIGKILL after a grace period) before it propagates: a
+    training stage keeps its last periodic checkpoint, from which a re-run resumes.
     """
+    logger = get_run_logger()
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=ws.root,
+                            env={**os.environ, **ws.env(), **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                lines.append(line)
+                logger.info("%s", line)
+        proc.wait()
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    if proc.returncode:
+        raise _failure(stage, lines)
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGINT to the stage's process group (it was started in its own session), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def origin_run(stage: str, digest: str) -> str | None:
+    """The MLflow run that computed these outputs of `stage` (the first that ran it with this result)."""
+    mlflow_client = client()
+    experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
+    found = mlflow_client.search_runs(
+        experiments, f"tags.stage = '{stage}' and tags.`dvc.outs` = '{digest}' and tags.cached = 'false'",
+        order_by=["attributes.start_time ASC"], max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def record_outputs(tracker: MlflowTracker, ws: Workspace, stage: str) -> None:
+    """Log the stage's small output files and its eval metrics on its run."""
+    for out in out_paths(ws.root, stage):
+        files = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else [out]
+        for path in files:
+            if path.suffix in SMALL_OUTPUTS and path.stat().st_size < 5_000_000 and path.parent == (
+                    out if out.is_dir() else out.parent):
+                tracker.log_artifact(path, "outputs")
+        if out.name == "metrics.json" and out.is_file():
+            tracker.log_metrics(flatten(json.loads(out.read_text())))
+
+
+def stage_tags(stage: str) -> dict[str, str]:
+    return {"stage": stage, "prefect.flow_run_id": str(flow_run.id or ""),
+            "prefect.root_flow_run_id": str(flow_run.root_flow_run_id or ""),
+            "prefect.task_run_id": str(task_run.id or "")}
+
+
+@task(name="stage", task_run_name="{stage}", retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def run_stage(stage: str, ws: Workspace, run: RunContext) -> dict[str, Any]:
+    """Run (or restore) DVC stage `stage` in the workspace; returns whether it was restored and from which run."""
     tracker = start_run(run.experiment, stage, tags=stage_tags(stage), parent=run.parent())
-    tracker.log_params(config)
+    marker = Path(tempfile.mkdtemp(prefix="nvila-stage-")) / "ran"
     ok = False
     try:
-        out = spec(stage).run(config, tracker)
-        digest = record_output(tracker, out)
+        run_dvc(stage, ws, {RUN_ENV: tracker.run_id, MARKER_ENV: str(marker)})
+        entry = lock_entry(ws.root, stage)
+        digest, cached = outs_digest(entry), not marker.exists()
+        origin = origin_run(stage, digest) if cached else None
+        tracker.set_tags({"cached": str(cached).lower(), "dvc.outs": digest,
+                          **({"cached_from": origin} if origin else {})})
+        tracker.log_params(flatten(lock_params(entry)))
+        record_outputs(tracker, ws, stage)
         ok = True
-        return {"path": str(out), "sha256": digest}
+        return {"stage": stage, "cached": cached, "cached_from": origin, "outs": digest}
     finally:
         tracker.end(run_status(ok))
-
-
-@task(name="cached-stage", task_run_name="{stage}-cached")
-def record_cached_stage(stage: str, config: Configs, out: str, run: RunContext) -> str:
-    """A child run for a stage Prefect skipped (cache hit): same params, tagged `cached`, pointing at the output."""
-    tracker = start_run(run.experiment, stage, tags={**stage_tags(stage), "cached": "true"}, parent=run.parent())
-    tracker.log_params(config)
-    record_output(tracker, Path(out))
-    tracker.end(run_status(True))
-    return out
-
-
-def still_valid(result: dict[str, str]) -> bool:
-    """Whether a cached stage result's output folder still holds what that run wrote."""
-    return Path(result["path"]).exists() and hash_path(result["path"]) == result["sha256"]
+        marker.unlink(missing_ok=True)
+        marker.parent.rmdir()

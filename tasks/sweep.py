@@ -10,44 +10,27 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.report import read_metrics
 from tasks.tracking import MlflowTracker, run_status, run_url, start_run
 
 ARTIFACT_KEY = "nvila-pruning-sweep"
 REFERENCE = "all-data"  # the method label of the keep-1.0 point
 
 
-def training_cost(stage_dirs: list[str]) -> dict[str, float]:
-    """Seconds, optimizer steps and records of the given training stages, from their `meta.json`.
-
-    Read from the checkpoints rather than MLflow so a point whose stages were cached still reports the time
-    its models took to train.
-    """
-    totals = {"train_seconds": 0.0, "train_steps": 0.0, "train_records": 0.0}
-    for stage_dir in stage_dirs:
-        path = Path(stage_dir) / "meta.json"
-        if not path.is_file():
-            raise ValueError(f"{path}: no training record (meta.json) for a sweep point")
-        meta = json.loads(path.read_text())
-        totals["train_seconds"] += float(meta["train_seconds"])
-        totals["train_steps"] += float(meta["global_steps"])
-        totals["train_records"] += float(meta["num_train_records"])
-    return totals
-
-
 def comparison_rows(points: list[dict[str, Any]], metric: str = "acc_mean") -> list[dict[str, Any]]:
-    """One row per point: its metric, the chance level, training cost and time relative to the all-data point."""
+    """One row per point: its metric, the chance level, SFT cost, and time and metric relative to all data.
+
+    A point is what the sweep collected from its pipeline run: method, keep ratio, the run's eval metrics
+    (`metrics`), the SFT stages' cost (`cost`), its DVC experiment and MLflow run.
+    """
     rows = []
     for point in points:
-        metrics = read_metrics(point.get("eval"))
+        metrics = point["metrics"]
         if metric not in metrics:
-            raise ValueError(f"{point.get('eval')}: no {metric!r} in metrics.json of point "
-                             f"{point['method']}-{point['keep_ratio']:g}")
+            raise ValueError(f"sweep point {point['method']}-{point['keep_ratio']:g}: its eval has no {metric!r}")
         chance = metric.replace("acc_", "chance_", 1)
-        rows.append({"method": point["method"], "keep_ratio": float(point["keep_ratio"]),
-                     metric: metrics[metric], "chance": metrics.get(chance, math.nan),
-                     **training_cost(point["train_dirs"]), "mlflow_run_id": point.get("mlflow_run_id", ""),
-                     "eval": point.get("eval")})
+        rows.append({"method": point["method"], "keep_ratio": float(point["keep_ratio"]), metric: metrics[metric],
+                     "chance": metrics.get(chance, math.nan), **point["cost"],
+                     "experiment": point.get("experiment", ""), "mlflow_run_id": point.get("mlflow_run_id", "")})
     reference = next((r for r in rows if r["method"] == REFERENCE), None)
     for row in rows:
         row["time_vs_all_data"] = row["train_seconds"] / reference["train_seconds"] if reference else math.nan
@@ -58,12 +41,12 @@ def comparison_rows(points: list[dict[str, Any]], metric: str = "acc_mean") -> l
 def markdown_table(rows: list[dict[str, Any]], metric: str = "acc_mean", links: bool = True) -> str:
     """The comparison as a Markdown table (MLflow run links when `links`)."""
     head = (f"| method | keep ratio | {metric} | vs all data | chance | SFT seconds | vs all data | SFT steps "
-            "| records |")
-    lines = [head + (" MLflow run |" if links else ""), "|---" * (9 + links) + "|"]
+            "| records | DVC experiment |")
+    lines = [head + (" MLflow run |" if links else ""), "|---" * (10 + links) + "|"]
     for r in rows:
         cells = [r["method"], f"{r['keep_ratio']:g}", f"{r[metric]:.4f}", f"{r[f'{metric}_vs_all_data']:+.4f}",
                  f"{r['chance']:.4f}", f"{r['train_seconds']:.1f}", f"{r['time_vs_all_data']:.2f}x",
-                 f"{r['train_steps']:.0f}", f"{r['train_records']:.0f}"]
+                 f"{r['train_steps']:.0f}", f"{r['train_records']:.0f}", f"`{r['experiment']}`"]
         if links:
             run_id = r["mlflow_run_id"]
             cells.append(f"[{run_id[:8]}]({run_url(MlflowTracker(run_id))})" if run_id else "")

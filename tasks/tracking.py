@@ -20,6 +20,7 @@ from tasks.env import mlflow_uri, project_dir
 
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LEN = 6000
+RUN_ENV = "NVILA_MLFLOW_RUN_ID"  # a stage command given this logs its metrics to that (child) run
 
 
 def tracking_uri() -> str:
@@ -144,9 +145,15 @@ def run_url(tracker: MlflowTracker) -> str:
     return f"{ui_url()}/#/experiments/{run.info.experiment_id}/runs/{tracker.run_id}"
 
 
-def dvc_lock_hashes(root: Path | None = None) -> dict[str, str]:
+def tracker_from_env() -> MlflowTracker | None:
+    """The tracker of the run named by `$NVILA_MLFLOW_RUN_ID` (set by the pipeline for each stage command)."""
+    run_id = os.environ.get(RUN_ENV)
+    return MlflowTracker(run_id) if run_id else None
+
+
+def dvc_lock_hashes(root: Path) -> dict[str, str]:
     """`dvc.lock` output hashes as tags (`dvc.<path>` -> md5); empty before the first `dvc repro`."""
-    lock = (root or project_dir()) / "dvc.lock"
+    lock = root / "dvc.lock"
     if not lock.is_file():
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})

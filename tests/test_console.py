@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from nvila_model import console
+from nvila_model import cli as console
+from nvila_model.train.hf_trainer import progress_line
 
 NOISY = {
     "torchao": "Failed to load /venv/lib/python3.11/site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: "
@@ -74,7 +75,7 @@ def test_progress_bars_only_on_a_terminal(clean_filters, monkeypatch: pytest.Mon
 
 
 def test_progress_line() -> None:
-    line = console.progress_line("image_sft", 30, 120, 60.0, {"loss": 2.3104, "learning_rate": 1.9e-4,
+    line = progress_line("image_sft", 30, 120, 60.0, {"loss": 2.3104, "learning_rate": 1.9e-4,
                                                               "samples_per_s": 41.23, "epoch": 0.5})
     assert line == "image_sft step 30/120 (25%)  loss 2.31  lr 1.90e-04  samples/s 41.2  elapsed 1m00s eta 3m00s"
-    assert "eta 4m00s" in console.progress_line("x", 60, 120, 60.0, {}, steps_done=15)  # resumed at step 45
+    assert "eta 4m00s" in progress_line("x", 60, 120, 60.0, {}, steps_done=15)  # resumed at step 45

@@ -7,25 +7,20 @@ from pathlib import Path
 
 import typer
 
-from ..params import load_config
-
 data_app = typer.Typer(help="Synthetic corpus generation and manifest validation.", no_args_is_help=True)
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file")
 
 
 @data_app.command("generate")
 def generate(
-    params: Path = typer.Option(Path("params.yaml"), help="params file; reads its `generate` key"),
-    scale: float | None = typer.Option(None, help="multiply every subset's split sizes (10, 100 for benchmarks)"),
-    seed: int | None = typer.Option(None, help="random seed (same seed -> same bytes)"),
-    out_dir: str | None = typer.Option(None, help="parent folder of the corpus (default from params)"),
-    name: str | None = typer.Option(None, help="corpus name: output goes to OUT_DIR/NAME"),
+    out: Path = typer.Option(..., "--out", help="the corpus folder to write"),
+    params: Path = PARAMS,
 ) -> None:
     """Write the synthetic multi-task visual-QA corpus: {train,val,test}.jsonl, images/, videos/, subsets.json."""
-    from .generate import GenerateConfig, run_generate
+    from ..params import load_config
+    from .generate import run_generate
 
-    cfg = load_config("generate", GenerateConfig, params,
-                      overrides={"scale": scale, "seed": seed, "out_dir": out_dir, "name": name})
-    root = run_generate(cfg)
+    root = run_generate(load_config("generate", params), out)
     table = json.loads((root / "subsets.json").read_text())
     for row in table:
         typer.echo(f"{row['name']:<11} {row['media']:<7} chance {row['chance']:.3f}  sizes {row['sizes']}")
@@ -34,24 +29,23 @@ def generate(
 
 @data_app.command("validate")
 def validate(
-    params: Path = typer.Option(Path("params.yaml"), help="params file; reads its `validate` and `model` keys"),
-    name: str | None = typer.Option(None, help="corpus name under raw_dir"),
-    media_root: Path | None = typer.Option(None, help="folder the media paths are relative to (LLaVA's image "
-                                                      "folder); default: the manifests' folder"),
-    tokenizer: str | None = typer.Option(None, help="processor / tokenizer dir for exact token counts (default: a "
-                                                    "UTF-8 byte bound)"),
-    max_reject_share: float | None = typer.Option(None, help="fail when a subset rejects more than this share"),
+    raw: Path = typer.Option(..., "--raw", help="the corpus folder to validate ({split}.jsonl or {split}.json)"),
+    out: Path = typer.Option(..., "--out", help="the validated corpus folder to write"),
+    media_root: Path | None = typer.Option(None, "--media-root", help="the folder media paths are relative to "
+                                           "(LLaVA's image folder); default: the corpus folder"),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="processor or tokenizer folder: exact token "
+                                          "counts for the length check (default: a UTF-8 byte bound)"),
+    params: Path = PARAMS,
 ) -> None:
     """Run the great-expectations suite and decode checks; write clean manifests, quarantine, summary, data docs."""
-    from ..train.config import ModelParams
-    from .validate import ValidateConfig, run_validate
+    from ..params import load_params
+    from .validate import run_validate
 
-    cfg = load_config("validate", ValidateConfig, params,
-                      overrides={"name": name, "tokenizer": tokenizer, "max_reject_share": max_reject_share})
     try:
-        out = run_validate(cfg, load_config("model", ModelParams, params), media_root=media_root)
+        configs = load_params(params, keys=["validate", "model"])
+        run_validate(configs["validate"], raw, out, tokenizer, configs["model"], media_root)
     finally:
-        summary = Path(cfg.out_dir) / cfg.name / "summary.json"
+        summary = out / "summary.json"
         if summary.is_file():
             s = json.loads(summary.read_text())
             typer.echo(f"input {s['input']}  kept {s['kept']}  quarantined {s['quarantined']}  {s['by_reason']}  "
@@ -60,11 +54,15 @@ def validate(
 
 
 @data_app.command("datasets")
-def datasets(params: Path = typer.Option(Path("params.yaml"), help="params file; reads its `datasets` key")) -> None:
+def datasets(
+    data: Path | None = typer.Option(None, "--data", help="the validated corpus folder (entries without a manifest)"),
+    params: Path = PARAMS,
+) -> None:
     """List the registered datasets and mixtures with their train sizes."""
-    from .registry import DatasetRegistry, DatasetsConfig
+    from ..params import load_config
+    from .registry import DatasetRegistry
 
-    registry = DatasetRegistry(load_config("datasets", DatasetsConfig, params))
+    registry = DatasetRegistry(load_config("datasets", params), data)
     for name in registry.names():
         try:
             size = len(registry.records(name, "train"))

@@ -6,15 +6,13 @@ import copy
 import dataclasses
 import json
 import math
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..manifest import write_stage_manifest
-from ..params import from_dict, to_dict
+from ..manifest import staged_output, write_stage_manifest
+from ..params import to_dict
+from .config import DEFAULT_SUBSETS, GenerateConfig, SubsetConfig, subset_configs
 from .manifest import write_jsonl
 from .render import save_png, shift_frames, write_mp4
 from .scenes import Attributes, BarChart, Compare, Counting, Scene, Spatial, Subset, TextReading, jitter_image
@@ -22,71 +20,12 @@ from .video_scenes import Flashes, Motion, Order, VideoSubset
 
 SUBSETS: dict[str, Subset] = {s.name: s for s in (Attributes(), Counting(), Spatial(), TextReading(), BarChart(),
                                                   Compare(), Motion(), Order(), Flashes())}
+assert list(SUBSETS) == list(DEFAULT_SUBSETS), "every scene family has its default settings in data/config.py"
 SPLITS = ("train", "val", "test")
 MARKER = {"image": "<image>\n", "images": "<image>\n<image>\n", "video": "<video>\n"}
 JITTERS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 # decord 0.6.0 returns mis-strided frames for these widths (checked for even widths 16-198), so videos avoid them
 DECORD_BAD_WIDTHS = frozenset({16, 24, 48, 72})
-
-
-@dataclass
-class SubsetConfig:
-    """Per-subset knobs. Defects (`noise`: wrong answers, `duplicate`: near-duplicates) go into train only."""
-
-    enabled: bool = True
-    train: int = 300
-    val: int = 30
-    test: int = 40
-    min_side: int = 48
-    max_side: int = 96
-    aspect_ratios: list[float] = field(default_factory=lambda: [1.0])
-    noise: float = 0.1
-    duplicate: float = 0.1
-    multi_turn: float = 0.0
-    frames: int = 16
-
-
-_VIDEO = {"train": 150, "val": 20, "test": 30, "min_side": 48, "max_side": 64, "aspect_ratios": [1.0, 1.33]}
-DEFAULT_SUBSETS: dict[str, dict[str, Any]] = {
-    "attributes": {"min_side": 48, "max_side": 96, "aspect_ratios": [1.0, 1.5, 0.67], "multi_turn": 0.3},
-    "counting": {"min_side": 64, "max_side": 112, "aspect_ratios": [1.0, 1.33, 0.75]},
-    "spatial": {"min_side": 64, "max_side": 112, "aspect_ratios": [1.0, 1.5, 2.0]},
-    "text": {"min_side": 72, "max_side": 112, "aspect_ratios": [2.0, 3.0]},
-    "chart": {"min_side": 64, "max_side": 128, "aspect_ratios": [1.0, 1.33, 1.5], "multi_turn": 0.3},
-    "compare": {"min_side": 40, "max_side": 64, "multi_turn": 0.3},
-    "motion": dict(_VIDEO),
-    "order": dict(_VIDEO),
-    "flashes": dict(_VIDEO),
-}
-
-
-@dataclass
-class GenerateConfig:
-    """params.yaml `generate`: where to write, seed, size multiplier, per-subset overrides of `SubsetConfig`."""
-
-    name: str = "synth"
-    out_dir: str = "data/raw"
-    seed: int = 0
-    scale: float = 1.0
-    subsets: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def subset_configs(cfg: GenerateConfig) -> dict[str, SubsetConfig]:
-    """Defaults merged with the user's overrides; unknown subsets or knobs raise `ValueError`."""
-    unknown = sorted(set(cfg.subsets) - set(SUBSETS))
-    if unknown:
-        raise ValueError(f"generate.subsets: unknown subset(s) {unknown}; known: {sorted(SUBSETS)}")
-    if cfg.scale <= 0:
-        raise ValueError(f"generate.scale must be positive, got {cfg.scale}")
-    out = {}
-    for name, defaults in DEFAULT_SUBSETS.items():
-        sc = from_dict(SubsetConfig, {**defaults, **(cfg.subsets.get(name) or {})}, where=f"generate.subsets.{name}")
-        if not (0 <= sc.noise < 1 and 0 <= sc.duplicate < 1 and sc.noise + sc.duplicate < 1):
-            raise ValueError(f"generate.subsets.{name}: noise and duplicate must be shares in [0, 1) summing below 1")
-        if sc.min_side < 16 or sc.max_side < sc.min_side or not sc.aspect_ratios:
-            raise ValueError(f"generate.subsets.{name}: need 16 <= min_side <= max_side and some aspect_ratios")
-        out[name] = sc
-    return out
 
 
 def _split_size(sc: SubsetConfig, split: str, scale: float) -> int:
@@ -186,19 +125,22 @@ def subsets_table(configs: dict[str, SubsetConfig], scale: float) -> list[dict]:
     return table
 
 
-def _prepare_out(root: Path) -> None:
-    if root.exists() and any(root.iterdir()):
-        if not (root / "subsets.json").is_file():
-            raise ValueError(f"{root}: exists and was not written by `nvila data generate`; refusing to overwrite it")
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
+def _check_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / "subsets.json").is_file():
+        raise ValueError(f"{out}: exists and was not written by `nvila data generate`; refusing to overwrite it")
 
 
-def run_generate(cfg: GenerateConfig) -> Path:
-    """Generate every enabled subset and split; returns `out_dir/name` holding {train,val,test}.jsonl + media."""
+def run_generate(cfg: GenerateConfig, out: str | Path) -> Path:
+    """Generate every enabled subset and split into `out`: {train,val,test}.jsonl, media and subsets.json."""
     configs = subset_configs(cfg)
-    root = Path(cfg.out_dir) / cfg.name
-    _prepare_out(root)
+    out = Path(out)
+    _check_out(out)
+    with staged_output(out) as root:
+        _generate(cfg, configs, root)
+    return out
+
+
+def _generate(cfg: GenerateConfig, configs: dict[str, SubsetConfig], root: Path) -> None:
     for split_idx, split in enumerate(SPLITS):
         records = []
         for subset_idx, (name, sc) in enumerate(configs.items()):
@@ -214,4 +156,3 @@ def run_generate(cfg: GenerateConfig) -> Path:
     (root / "subsets.json").write_text(json.dumps(table, indent=2) + "\n")
     write_stage_manifest(root, "generate", to_dict(cfg), media_root=".",
                          counts={t["name"]: t["sizes"] for t in table})
-    return root

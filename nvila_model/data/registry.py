@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..params import from_dict
+from .config import DatasetsConfig
 from .manifest import MEDIA_KEYS, MediaPathError, default_media_root, read_manifest, resolve_media
-
-
-@dataclass
-class DatasetEntry:
-    """One dataset: `manifest` may hold `{split}`; `media_root` defaults to the manifest's; `subsets` filters."""
-
-    manifest: str
-    media_root: str = ""
-    subsets: list[str] = field(default_factory=list)
-    repeat: float = 1.0
-
-
-@dataclass
-class DatasetsConfig:
-    """params.yaml `datasets`: `entries` (name -> DatasetEntry fields), `mixtures` (name -> {entry: repeat})."""
-
-    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
-    mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def absolute_media(record: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -56,26 +37,27 @@ def repeat_records(records: list[dict[str, Any]], factor: float, seed: int = 0) 
 
 
 class DatasetRegistry:
-    """Resolves a dataset or mixture name to records whose media paths are absolute (so roots can differ)."""
+    """Resolves a dataset or mixture name to records whose media paths are absolute (so roots can differ).
 
-    def __init__(self, cfg: DatasetsConfig, base_dir: str | Path = "."):
-        self.base_dir = Path(base_dir)
-        self.entries = {name: from_dict(DatasetEntry, values, where=f"datasets.entries.{name}")
-                        for name, values in cfg.entries.items()}
+    `data_dir` is the pipeline's validated corpus (a stage input given on the command line); entries without their
+    own manifest read `<data_dir>/{split}.jsonl`.
+    """
+
+    def __init__(self, cfg: DatasetsConfig, data_dir: str | Path | None = None):
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.entries = dict(cfg.entries)
         self.mixtures = dict(cfg.mixtures)
-        for name, parts in self.mixtures.items():
-            missing = sorted(set(parts) - set(self.entries))
-            if missing:
-                raise ValueError(f"datasets.mixtures.{name}: unknown dataset(s) {missing}; "
-                                 f"known: {sorted(self.entries)}")
-            if name in self.entries:
-                raise ValueError(f"datasets: {name!r} is both a dataset and a mixture")
 
     def names(self) -> list[str]:
         return sorted(self.entries) + sorted(self.mixtures)
 
     def manifest_path(self, name: str, split: str) -> Path:
-        return self.base_dir / self.entries[name].manifest.format(split=split)
+        manifest = self.entries[name].manifest
+        if manifest is None:
+            if self.data_dir is None:
+                raise ValueError(f"datasets.entries.{name}: no manifest, and no data folder was given (--data)")
+            return self.data_dir / f"{split}.jsonl"
+        return Path(manifest.format(split=split))
 
     def records(self, name: str, split: str, seed: int = 0) -> list[dict[str, Any]]:
         """All records of dataset or mixture `name` for `split`, repeat factors applied (repeats only in train)."""
@@ -91,7 +73,7 @@ class DatasetRegistry:
     def _entry_records(self, name: str, split: str, weight: float, seed: int) -> list[dict[str, Any]]:
         entry = self.entries[name]
         path = self.manifest_path(name, split)
-        root = self.base_dir / entry.media_root if entry.media_root else default_media_root(path)
+        root = Path(entry.media_root) if entry.media_root else default_media_root(path)
         try:
             records = [absolute_media(r, root) for r in read_manifest(path)
                        if not entry.subsets or r.get("subset") in entry.subsets]

@@ -12,38 +12,19 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..manifest import write_stage_manifest
+from ..manifest import staged_output, write_stage_manifest
 from ..params import to_dict
 from ..train.config import ModelParams
 from .checks import make_token_counter, record_facts
+from .config import ValidateConfig
 from .manifest import ESCAPES_ROOT, UNREADABLE, ManifestEntry, media_root_for, scan_manifest, write_jsonl
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ValidateConfig:
-    """params.yaml `validate`: input `raw_dir/name`, output `out_dir/name`, limits and the reject-share gate."""
-
-    name: str = "synth"
-    raw_dir: str = "data/raw"
-    out_dir: str = "data/validated"
-    splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
-    min_image_side: int = 8
-    max_image_side: int = 4096
-    max_image_pixels: int = 16_000_000
-    min_video_frames: int = 8
-    max_text_chars: int = 8000
-    max_tokens: int = 1024  # text + media tokens of a sample, media counted exactly from the `model` key's preset
-    tokenizer: str = ""  # a processor or tokenizer dir: exact text tokens ("": the UTF-8 byte bound, never under)
-    max_reject_share: float = 0.05
-    data_docs: bool = True
 
 
 def expectations(cfg: ValidateConfig, with_tokens: bool) -> list[tuple[str, str, dict[str, Any]]]:
@@ -151,7 +132,7 @@ def check_reject_share(summary: dict[str, Any], max_share: float, where: Path) -
                          f"({w['reject_share']:.1%} > max_reject_share {max_share:.1%}); reasons {top}. {see}")
 
 
-def load_counter(path: str) -> Any:
+def load_counter(path: str | Path | None) -> Any:
     """A processor (directory with processor_config.json) or tokenizer from `path`, for exact token counts."""
     if not path:
         return None
@@ -197,9 +178,9 @@ def quarantine_entry(entry: ManifestEntry, row: dict[str, Any], reason: str, cfg
     return {**info, "raw": entry.raw} if entry.record is None else {**entry.record, **info}
 
 
-def read_splits(cfg: ValidateConfig, root: Path, count_tokens: Any) -> tuple[list[ManifestEntry], list[dict], dict]:
+def read_splits(cfg: ValidateConfig, src: Path, root: Path, count_tokens: Any) -> tuple[list[ManifestEntry],
+                                                                                      list[dict], dict]:
     """Every line of every split's manifest with its facts row, and the blank lines per split."""
-    src = Path(cfg.raw_dir) / cfg.name
     entries, rows, blank = [], [], {}
     for split in cfg.splits:
         split_entries, blank[split] = scan_manifest(split_manifest(src, split))
@@ -210,44 +191,52 @@ def read_splits(cfg: ValidateConfig, root: Path, count_tokens: Any) -> tuple[lis
     return entries, rows, blank
 
 
-def run_validate(cfg: ValidateConfig, model_params: ModelParams | None = None, *, tokenizer: Any = None,
-                 media_root: str | Path | None = None) -> Path:
-    """Validate every split of `raw_dir/name`; write clean manifests, quarantine, summary and data docs.
+def run_validate(cfg: ValidateConfig, raw: str | Path, out: str | Path, tokenizer: Any = None,
+                 model_params: ModelParams | None = None, media_root: str | Path | None = None) -> Path:
+    """Validate every split of the corpus `raw`; write clean manifests, quarantine, summary and data docs to `out`.
 
-    `media_root`: the folder media paths are relative to (LLaVA keeps its images apart from the JSON); default the
-    manifests' own (`default_media_root`). `model_params` (the `model` key; default `ModelParams()`) gives the exact
-    media token counts of the length check; `tokenizer` (an object) overrides `cfg.tokenizer` for the text tokens.
+    `tokenizer` (a processor, a tokenizer, or a folder holding either) makes the text token counts exact; without
+    one they are the UTF-8 byte bound. `model_params` (the `model` key; default `ModelParams()`) gives the exact
+    media token counts of the length check. `media_root`: the folder media paths are relative to (LLaVA keeps its
+    images apart from the JSON); default the manifests' own (`default_media_root`).
     """
     from ..presets import build_config
 
     model_params = model_params if model_params is not None else ModelParams()
-    src, out = Path(cfg.raw_dir) / cfg.name, Path(cfg.out_dir) / cfg.name
+    src, final = Path(raw), Path(out)
     root = media_root_for(split_manifest(src, cfg.splits[0]), media_root)
     config = build_config(model_params.preset, **model_params.overrides)
-    count_tokens, method = make_token_counter(tokenizer if tokenizer is not None else load_counter(cfg.tokenizer),
-                                              config)
-    entries, rows, blank = read_splits(cfg, root, count_tokens)
+    counter = load_counter(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
+    count_tokens, method = make_token_counter(counter, config)
+    entries, rows, blank = read_splits(cfg, src, root, count_tokens)
     df = pd.DataFrame(rows).astype(object)
     df = df.where(df.notna(), None)
-    out.mkdir(parents=True, exist_ok=True)
+    length_check = {"text": method, "media": f"preset {model_params.preset}", "max_tokens": cfg.max_tokens}
+    with staged_output(final) as staging:
+        summary = _write(cfg, src, staging, root, df, entries, rows, blank, length_check)
+    check_reject_share(summary, cfg.max_reject_share, final)
+    return final
+
+
+def _write(cfg: ValidateConfig, src: Path, out: Path, root: Path, df: pd.DataFrame, entries: list[ManifestEntry],
+           rows: list[dict[str, Any]], blank: dict[str, int], length_check: dict[str, Any]) -> dict[str, Any]:
+    """Run the suite and write the validated corpus into `out`; returns the summary."""
     reasons, _ = run_suite(df, cfg, out / "data_docs" if cfg.data_docs else None)
     for split in cfg.splits:
         write_jsonl([e.record for e, row, why in zip(entries, rows, reasons, strict=True)
                      if row["split"] == split and not why], out / f"{split}.jsonl")
-    quarantine = [quarantine_entry(e, row, why, cfg, method)
+    quarantine = [quarantine_entry(e, row, why, cfg, length_check["text"])
                   for e, row, why in zip(entries, rows, reasons, strict=True) if why]
     for q in quarantine:
         log.info("quarantined %s line %s: %s %s", q["split"], q.get("line", q.get("index")), q["quarantine_reason"],
                  q["detail"])
     write_jsonl(quarantine, out / "quarantine.jsonl")
-    summary = summarise(df, reasons, blank)
-    summary["length_check"] = {"text": method, "media": f"preset {model_params.preset}", "max_tokens": cfg.max_tokens}
+    summary = {**summarise(df, reasons, blank), "length_check": length_check}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if (src / "subsets.json").is_file():
         (out / "subsets.json").write_text((src / "subsets.json").read_text())
     counts = {k: summary[k] for k in ("input", "kept", "quarantined", "unreadable", "blank_lines")}
-    write_stage_manifest(out, "validate", to_dict(cfg), inputs={"raw": src}, counts=counts,  # media not hashed: big
-                         media_root=os.path.relpath(root.resolve(), out.resolve()),
-                         length_check=summary["length_check"])
-    check_reject_share(summary, cfg.max_reject_share, out)
-    return out
+    # the media folder is recorded, not hashed: a user's image folder can be very large
+    write_stage_manifest(out, "validate", to_dict(cfg), inputs={"raw": src}, counts=counts, length_check=length_check,
+                         media_root=os.path.relpath(root.resolve(), out.resolve()))
+    return summary

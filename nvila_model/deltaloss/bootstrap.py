@@ -10,7 +10,6 @@ trained for a few hundred steps only separates what is easy to learn from what c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from nvila_model.deltaloss.config import BootstrapConfig
-from nvila_model.manifest import hash_path
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +31,7 @@ def proxy_share(records: list[dict[str, Any]], share: float, seed: int) -> list[
 
 
 def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, Any]], media_root: str | Path,
-                steps: int, batch_size: int, lr: float, seed: int, out_dir: str | Path) -> Path:
+                steps: int, batch_size: int, lr: float, seed: int, out: str | Path) -> Path:
     """Train preset `preset` from scratch for `steps` steps on `records` (all modules, one LR) with the project
     trainer; save a checkpoint dir to `out_dir`."""
     from nvila_model.data.registry import absolute_media
@@ -42,7 +40,7 @@ def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, 
     from nvila_model.processor import NVILAProcessor
     from nvila_model.tokenizer import load_tokenizer
     from nvila_model.train.config import MODULES, StageConfig
-    from nvila_model.train.stage import fit
+    from nvila_model.train.stage import fingerprint, fit, work_dir
 
     def make_model():
         tokenizer = load_tokenizer(tokenizer_dir)
@@ -51,39 +49,29 @@ def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, 
             config = build_config(preset, **{"text.vocab_size": len(tokenizer)})
         return NVILAForConditionalGeneration(config), NVILAProcessor(tokenizer, config)
 
-    cfg = StageConfig(out_dir=str(out_dir), train_modules=list(MODULES), lr=dict.fromkeys(MODULES, lr),
-                      datasets=["bootstrap-share"], batch_size=batch_size, max_steps=steps, max_grad_norm=5.0,
-                      save_steps=steps, logging_steps=max(1, steps // 4), seed=seed, resume=False)
+    cfg = StageConfig(train_modules=list(MODULES), lr=dict.fromkeys(MODULES, lr), datasets=["bootstrap-share"],
+                      batch_size=batch_size, max_steps=steps, max_grad_norm=5.0, save_steps=steps,
+                      logging_steps=steps, seed=seed, resume=False)
     absolute = [absolute_media(r, Path(media_root)) for r in records]
-    return fit(f"proxy-{preset}", cfg, make_model, absolute, {}, fingerprint="proxy")
-
-
-def _fingerprint(cfg: BootstrapConfig, preset: str, steps: int, ids: list[str], tokenizer_dir: str | Path) -> str:
-    payload = json.dumps([preset, steps, cfg.batch_size, cfg.lr, cfg.seed, ids, hash_path(tokenizer_dir)])
-    return hashlib.sha256(payload.encode()).hexdigest()
+    stage = f"proxy-{preset}"
+    work = work_dir(stage, fingerprint(stage, cfg, {"preset": preset}, {"tokenizer": str(tokenizer_dir)}))
+    return fit(stage, cfg, make_model, absolute, {"tokenizer": str(tokenizer_dir)}, Path(out), work)
 
 
 def bootstrap_scorers(cfg: BootstrapConfig, records: list[dict[str, Any]], media_root: str | Path,
-                      tokenizer_dir: str | Path) -> tuple[Path, Path]:
-    """(small, large) proxy checkpoint dirs under `cfg.out_dir`, reused when their inputs are unchanged."""
-    cfg.validate()
+                      tokenizer_dir: str | Path, out: str | Path, seed: int) -> tuple[Path, Path]:
+    """Train the (small, large) proxy scorers on a seeded share of `records`; returns `<out>/small`, `<out>/large`."""
     if not Path(tokenizer_dir).is_dir():
         raise ValueError(f"{tokenizer_dir}: tokenizer directory not found (run `nvila tokenizer` first)")
-    train = proxy_share(records, cfg.share, cfg.seed)
-    ids = [str(r["id"]) for r in train]
+    train = proxy_share(records, cfg.share, seed)
     paths = []
     for role, preset, steps in (("small", cfg.small_preset, cfg.small_steps), ("large", cfg.large_preset,
                                                                                 cfg.large_steps)):
-        out = Path(cfg.out_dir) / role
-        key = _fingerprint(cfg, preset, steps, ids, tokenizer_dir)
-        meta = out / "meta.json"
-        if meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == key:
-            log.info("reusing bootstrap %s scorer %s", role, out)
-        else:
-            train_proxy(preset, tokenizer_dir, train, media_root, steps, cfg.batch_size, cfg.lr, cfg.seed, out)
-            run = json.loads(meta.read_text())  # the trainer's run record, extended with the proxy's identity
-            meta.write_text(json.dumps(run | {"kind": "deltaloss-proxy", "role": role, "preset": preset,
-                                              "steps": steps, "num_train_records": len(train),
-                                              "fingerprint": key}, indent=2))
-        paths.append(out)
+        path = train_proxy(preset, tokenizer_dir, train, media_root, steps, cfg.batch_size, cfg.lr, seed,
+                           Path(out) / role)
+        meta = path / "meta.json"  # the trainer's run record, extended with the proxy's identity
+        meta.write_text(json.dumps(json.loads(meta.read_text()) | {
+            "kind": "deltaloss-proxy", "role": role, "preset": preset, "steps": steps,
+            "num_train_records": len(train)}, indent=2))
+        paths.append(path)
     return paths[0], paths[1]

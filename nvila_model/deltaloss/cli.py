@@ -6,51 +6,46 @@ from pathlib import Path
 
 import typer
 
-from nvila_model.deltaloss.config import PruneConfig, ScoreConfig
-from nvila_model.params import load_config
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file")
+DATA = typer.Option(..., "--data", help="the validated corpus folder (its train.jsonl is scored / pruned)")
 
 
 def score(
-    params: Path = typer.Option(Path("params.yaml"), help="params file; the `score` key is read"),
-    manifest: str = typer.Option(None, help="override score.manifest (JSON-lines training manifest)"),
-    out_dir: str = typer.Option(None, help="override score.out_dir"),
-    small_checkpoint: str = typer.Option(None, help="override score.small_checkpoint (with --large-checkpoint)"),
-    large_checkpoint: str = typer.Option(None, help="override score.large_checkpoint (the previous run's model)"),
-    max_samples: int = typer.Option(None, help="score only the first N records"),
+    data: Path = DATA,
+    out: Path = typer.Option(..., "--out", help="the scores folder to write"),
+    scorers: Path = typer.Option(..., "--scorers", help="where the bootstrap proxy scorers are trained"),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="the tokenizer folder (for the bootstrap proxies)"),
+    params: Path = PARAMS,
 ) -> None:
     """DeltaLoss-score every training record with a small and a large model on a Ray actor pool.
 
     Writes scores.parquet (id, subset, logp_small, logp_large, score), one histogram PNG per subset, summary.json
-    and manifest.json to score.out_dir. Without checkpoints, small and large proxies are trained briefly first.
-    RAY_ADDRESS (or score.ray.address) joins a running Ray cluster; otherwise a local instance is started.
+    and manifest.json. Without checkpoints (`score.small_checkpoint`, `score.large_checkpoint`) small and large
+    proxies are trained briefly first. RAY_ADDRESS (or score.ray.address) joins a running Ray cluster; otherwise a
+    local instance is started.
     """
     from nvila_model.deltaloss.stage import run_score
+    from nvila_model.params import load_config
+    from nvila_model.tracking import current_tracker
 
-    overrides = {"manifest": manifest, "out_dir": out_dir, "small_checkpoint": small_checkpoint,
-                 "large_checkpoint": large_checkpoint, "max_samples": max_samples}
-    cfg = load_config("score", ScoreConfig, params, overrides)
-    typer.echo(run_score(cfg))
+    typer.echo(run_score(load_config("score", params), data=data, out=out, scorers=scorers, tokenizer=tokenizer,
+                         tracker=current_tracker()))
 
 
 def prune(
-    params: Path = typer.Option(Path("params.yaml"), help="params file; the `prune` key is read"),
-    scores: str = typer.Option(None, help="override prune.scores (scores.parquet of `nvila score`)"),
-    manifest: str = typer.Option(None, help="override prune.manifest"),
-    out_dir: str = typer.Option(None, help="override prune.out_dir"),
-    keep_ratio: float = typer.Option(None, help="override prune.keep_ratio (the point training reads)"),
-    method: str = typer.Option(None, help="override prune.method: deltaloss | random"),
+    data: Path = DATA,
+    scores: Path = typer.Option(..., "--scores", help="the scores folder of `nvila score`"),
+    out: Path = typer.Option(..., "--out", help="the pruned subset folder to write"),
+    params: Path = PARAMS,
 ) -> None:
-    """Keep each subset's top share by DeltaLoss score (and a seeded random share) at every keep ratio.
+    """Keep each subset's top `prune.keep_ratio` share by DeltaLoss score (or a seeded random share).
 
-    Writes <out_dir>/<method>-<ratio>/{train.jsonl, summary.json, manifest.json} for both methods and every ratio in
-    prune.keep_ratios plus prune.keep_ratio; subsets in prune.protected_subsets are kept whole.
+    Writes train.jsonl, summary.json and manifest.json; subsets in prune.protected_subsets are kept whole.
     """
     from nvila_model.deltaloss.prune import run_prune
+    from nvila_model.params import load_config
 
-    overrides = {"scores": scores, "manifest": manifest, "out_dir": out_dir, "keep_ratio": keep_ratio,
-                 "method": method}
-    cfg = load_config("prune", PruneConfig, params, overrides)
-    typer.echo(run_prune(cfg))
+    typer.echo(run_prune(load_config("prune", params), data=data, scores=scores, out=out))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,115 +1,74 @@
-"""Config dataclasses of the DeltaLoss stages: `score` (with its Ray pool and bootstrap) and `prune` in params.yaml."""
+"""Config classes of the DeltaLoss stages: `score` (with its Ray pool and bootstrap) and `prune` in params.yaml."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import field
+from typing import Literal
+
+from pydantic import Field
+
+from nvila_model.params import config
 
 PRUNE_METHODS = ("deltaloss", "random")
+TRAIN_MANIFEST = "train.jsonl"  # the split of a corpus folder that is scored and pruned; a prune output's file
+SCORES_FILE = "scores.parquet"  # in a score output
+PruneMethod = Literal["deltaloss", "random"]
 
 
-@dataclasses.dataclass
+@config
 class RayConfig:
     """The Ray actor pool that scores batches; `address` (or RAY_ADDRESS) joins a running cluster."""
 
     address: str | None = None  # None: RAY_ADDRESS if set, else start a local instance
-    num_actors: int = 2  # 0 scores in this process without Ray
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-    num_cpus: int | None = None  # CPUs of a locally started instance (None: all)
+    num_actors: int = Field(default=2, ge=0)  # 0 scores in this process without Ray
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    num_cpus: int | None = Field(default=None, ge=1)  # CPUs of a locally started instance (None: all)
     temp_dir: str | None = None  # Ray's session dir for a local instance (absolute; None: Ray's default)
-    max_restarts: int = 2  # Ray restarts a dead actor in place this many times (reloading both scorers) and
-    # re-runs its in-flight batch; -1: without limit
-    max_rounds: int = 3  # then the driver replaces dead actors and re-scores missing batches, this many rounds
-
-    def validate(self) -> None:
-        """Raise `ValueError` on impossible settings, before anything starts."""
-        if self.num_actors < 0:
-            raise ValueError(f"score.ray.num_actors must be >= 0, got {self.num_actors}")
-        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
-            raise ValueError("score.ray.cpus_per_actor must be > 0 and gpus_per_actor >= 0")
-        if self.max_rounds < 1 or self.max_restarts < -1:
-            raise ValueError("score.ray.max_rounds must be >= 1 and max_restarts >= -1")
+    # Ray restarts a dead actor in place this many times (reloading both scorers) and re-runs its in-flight batch;
+    # -1: without limit. Then the driver replaces dead actors and re-scores missing batches, `max_rounds` rounds.
+    max_restarts: int = Field(default=2, ge=-1)
+    max_rounds: int = Field(default=3, ge=1)
 
 
-@dataclasses.dataclass
+@config
 class BootstrapConfig:
     """Proxy scorers trained briefly when no checkpoints are configured (first, self-contained run)."""
 
     small_preset: str = "tiny"
     large_preset: str = "small"
-    share: float = 0.3  # random share of the manifest used to train both proxies
-    small_steps: int = 60
-    large_steps: int = 200
-    batch_size: int = 16
-    lr: float = 2e-3
-    seed: int = 0
-    out_dir: str = "runs/scorers"
-
-    def validate(self) -> None:
-        """Raise `ValueError` on impossible settings."""
-        if not 0 < self.share <= 1:
-            raise ValueError(f"score.bootstrap.share must be in (0, 1], got {self.share}")
-        if min(self.small_steps, self.large_steps, self.batch_size) < 1 or self.lr <= 0:
-            raise ValueError("score.bootstrap steps, batch_size and lr must be positive")
+    share: float = Field(default=0.3, gt=0, le=1)  # random share of the manifest used to train both proxies
+    small_steps: int = Field(default=60, ge=1)
+    large_steps: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=2e-3, gt=0)
 
 
-@dataclasses.dataclass
+@config
 class ScoreConfig:
     """`nvila score`: DeltaLoss score of every training record with a small and a large scorer."""
 
-    manifest: str = "data/validated/synth/train.jsonl"
-    media_root: str | None = None  # None: the manifest's folder
-    tokenizer_dir: str = "runs/tokenizer"  # used by the bootstrap proxies
-    out_dir: str = "data/scores"
     small_checkpoint: str | None = None  # checkpoint dirs; both None -> bootstrap proxies
     large_checkpoint: str | None = None  # production: the previous run's trained model
-    batch_size: int = 50  # records per actor call
-    micro_batch_size: int = 8  # records per forward pass inside an actor
-    dtype: str = "float32"  # float32 | bfloat16
-    device: str = "auto"  # auto | cpu | cuda
-    max_samples: int | None = None  # score only the first N records (debug runs)
+    batch_size: int = Field(default=50, ge=1)  # records per actor call
+    micro_batch_size: int = Field(default=8, ge=1)  # records per forward pass inside an actor
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_samples: int | None = Field(default=None, ge=1)  # score only the first N records (debug runs)
+    seed: int = Field(default=0, ge=0)  # of the bootstrap proxies
     ray: RayConfig = field(default_factory=RayConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
-    def validate(self) -> None:
-        """Raise `ValueError` on impossible settings, before loading models or starting Ray."""
+    def __post_init__(self) -> None:
         if (self.small_checkpoint is None) != (self.large_checkpoint is None):
-            raise ValueError("score: give both small_checkpoint and large_checkpoint, or neither (bootstrap)")
-        if self.batch_size < 1 or self.micro_batch_size < 1:
-            raise ValueError("score.batch_size and score.micro_batch_size must be >= 1")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"score.dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"score.device must be auto, cpu or cuda, got {self.device!r}")
-        self.ray.validate()
-        self.bootstrap.validate()
+            raise ValueError("give both small_checkpoint and large_checkpoint, or neither (bootstrap proxies)")
 
 
-@dataclasses.dataclass
+@config
 class PruneConfig:
-    """`nvila prune`: per-subset top share by DeltaLoss score, and the seeded random baseline."""
+    """`nvila prune`: per-subset top share by DeltaLoss score, or a seeded random share of the same size."""
 
-    scores: str = "data/scores/scores.parquet"
-    manifest: str = "data/validated/synth/train.jsonl"
-    media_root: str | None = None  # None: the manifest's folder
-    out_dir: str = "data/pruned"
-    methods: list[str] = field(default_factory=lambda: list(PRUNE_METHODS))
-    keep_ratios: list[float] = field(default_factory=lambda: [0.9, 0.7, 0.5])
-    keep_ratio: float = 0.5  # the point training reads: data/pruned/<method>-<keep_ratio>/ (always written)
-    method: str = "deltaloss"
+    keep_ratio: float = Field(default=0.5, gt=0, le=1)  # 1 keeps everything (the all-data reference)
+    method: PruneMethod = "deltaloss"
     protected_subsets: list[str] = field(default_factory=list)  # kept whole at every ratio
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raise `ValueError` on impossible settings."""
-        for method in [*self.methods, self.method]:
-            if method not in PRUNE_METHODS:
-                raise ValueError(f"prune: unknown method {method!r}; choose from {list(PRUNE_METHODS)}")
-        for ratio in [*self.keep_ratios, self.keep_ratio]:
-            if not 0 < float(ratio) <= 1:
-                raise ValueError(f"prune: keep ratio {ratio} must be in (0, 1]")
-
-    def all_ratios(self) -> list[float]:
-        """The ratios written: `keep_ratios` plus the selected `keep_ratio`, sorted high to low."""
-        return sorted({float(r) for r in [*self.keep_ratios, self.keep_ratio]}, reverse=True)
+    seed: int = Field(default=0, ge=0)  # of the random method

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from nvila_model.data.manifest import media_root_for, read_manifest, write_jsonl
-from nvila_model.deltaloss.config import PruneConfig
-from nvila_model.manifest import write_stage_manifest
+from nvila_model.deltaloss.config import SCORES_FILE, TRAIN_MANIFEST, PruneConfig
+from nvila_model.manifest import staged_output, write_stage_manifest
 from nvila_model.params import to_dict
 
 
@@ -70,11 +70,6 @@ def summarize(records: list[dict[str, Any]], kept: set[str], method: str, ratio:
     }
 
 
-def point_dir(out_dir: str | Path, method: str, ratio: float) -> Path:
-    """Where one (method, ratio) point lives: `<out_dir>/<method>-<ratio>` (ratio as 0.5, 0.7, 1)."""
-    return Path(out_dir) / f"{method}-{ratio:g}"
-
-
 def load_scores(path: str | Path, ids: list[str]) -> pd.DataFrame:
     """The scores table, checked to hold exactly one row per manifest id."""
     path = Path(path)
@@ -95,29 +90,24 @@ def load_scores(path: str | Path, ids: list[str]) -> pd.DataFrame:
     return scores
 
 
-def run_prune(cfg: PruneConfig) -> Path:
-    """Write `<out_dir>/<method>-<ratio>/{train.jsonl,summary.json,manifest.json}` for every method and ratio."""
-    cfg.validate()
-    records = read_manifest(cfg.manifest)
-    scores = load_scores(cfg.scores, [str(r["id"]) for r in records])
-    media_root = media_root_for(cfg.manifest, cfg.media_root, "prune.media_root")
-    unknown_protected = sorted(set(cfg.protected_subsets) - set(scores["subset"]))
+def run_prune(cfg: PruneConfig, *, data: str | Path, scores: str | Path, out: str | Path) -> Path:
+    """Keep the `cfg.keep_ratio` share of each subset of the corpus `data`'s train split, by the DeltaLoss scores in
+    `scores` (a score output folder) or at random; write `<out>/train.jsonl`, `summary.json` and `manifest.json`."""
+    manifest = Path(data) / TRAIN_MANIFEST
+    table = Path(scores) / SCORES_FILE
+    records = read_manifest(manifest)
+    scored = load_scores(table, [str(r["id"]) for r in records])
+    unknown_protected = sorted(set(cfg.protected_subsets) - set(scored["subset"]))
     if unknown_protected:
-        raise ValueError(f"prune.protected_subsets: no such subset(s) {unknown_protected} in {cfg.scores}")
-    points = []
-    for method in cfg.methods if cfg.method in cfg.methods else [*cfg.methods, cfg.method]:
-        for ratio in cfg.all_ratios():
-            kept = select(scores, method, ratio, list(cfg.protected_subsets), cfg.seed)
-            out = point_dir(cfg.out_dir, method, ratio)
-            write_jsonl([r for r in records if str(r["id"]) in kept], out / "train.jsonl")
-            summary = summarize(records, kept, method, ratio)
-            (out / "summary.json").write_text(json.dumps(summary, indent=2))
-            # Records are copied unchanged; `media_root` (relative to `out`) keeps their media paths resolvable.
-            write_stage_manifest(
-                out, "prune", to_dict(cfg), inputs={"manifest": cfg.manifest, "scores": cfg.scores},
-                media_root=os.path.relpath(media_root.resolve(), out.resolve()), method=method, keep_ratio=ratio,
-                num_kept=len(kept),
-            )
-            points.append(summary)
-    Path(cfg.out_dir, "summary.json").write_text(json.dumps({"points": points}, indent=2))
-    return Path(cfg.out_dir)
+        raise ValueError(f"prune.protected_subsets: no such subset(s) {unknown_protected} in {table}")
+    kept = select(scored, cfg.method, cfg.keep_ratio, list(cfg.protected_subsets), cfg.seed)
+    summary = summarize(records, kept, cfg.method, cfg.keep_ratio)
+    media_root = media_root_for(manifest, None, f"the media root of {data}")
+    with staged_output(out) as tmp:
+        write_jsonl([r for r in records if str(r["id"]) in kept], tmp / TRAIN_MANIFEST)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        # Records are copied unchanged; `media_root` (relative to the output) keeps their media paths resolvable.
+        write_stage_manifest(tmp, "prune", to_dict(cfg), inputs={"manifest": manifest, "scores": table},
+                             media_root=os.path.relpath(media_root.resolve(), Path(out).resolve()),
+                             method=cfg.method, keep_ratio=cfg.keep_ratio, num_kept=len(kept))
+    return Path(out)

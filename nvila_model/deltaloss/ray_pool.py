@@ -109,7 +109,6 @@ def score_records_ray(
     pair: ScorerPair, records: Sequence[dict[str, Any]], batch_size: int, cfg: RayConfig
 ) -> tuple[list[dict[str, Any]], PoolStats]:
     """Score `records` on a pool of `cfg.num_actors` actors; exactly one row per record, in input order."""
-    cfg.validate()
     if cfg.num_actors < 1:
         raise ValueError("score.ray.num_actors must be >= 1 for Ray scoring (0 means the in-process loop)")
     ids = check_ids(records, "score")

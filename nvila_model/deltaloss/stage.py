@@ -12,9 +12,9 @@ from typing import Any
 import pandas as pd
 
 from nvila_model.data.manifest import media_root_for, read_manifest
-from nvila_model.deltaloss.config import ScoreConfig
+from nvila_model.deltaloss.config import SCORES_FILE, TRAIN_MANIFEST, ScoreConfig
 from nvila_model.deltaloss.scorer import SCORE_COLUMNS, ScorerPair, check_ids, score_records_local
-from nvila_model.manifest import write_stage_manifest
+from nvila_model.manifest import staged_output, write_stage_manifest
 from nvila_model.params import to_dict
 from nvila_model.tracking import NullTracker, Tracker
 
@@ -81,42 +81,47 @@ def subset_stats(scores: pd.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_score(cfg: ScoreConfig, tracker: Tracker | None = None) -> Path:
-    """Score `cfg.manifest` with the configured checkpoints (or bootstrapped proxies); returns `cfg.out_dir`."""
+def run_score(cfg: ScoreConfig, *, data: str | Path, out: str | Path, scorers: str | Path,
+              tokenizer: str | Path, tracker: Tracker | None = None) -> Path:
+    """Score the train split of the corpus `data` with the configured checkpoints, or with proxies trained into
+    `scorers` (from the `tokenizer`) when none are configured; write the table, histograms and summary to `out`."""
     tracker = tracker or NullTracker()
-    cfg.validate()
-    records = read_manifest(cfg.manifest)
+    manifest = Path(data) / TRAIN_MANIFEST
+    records = read_manifest(manifest)
     if cfg.max_samples is not None:
         records = records[: cfg.max_samples]
-    check_ids(records, cfg.manifest)
-    media_root = media_root_for(cfg.manifest, cfg.media_root, "score.media_root").resolve()
+    check_ids(records, manifest)
+    media_root = media_root_for(manifest, None, f"the media root of {data}").resolve()
     if cfg.small_checkpoint is None:
         from nvila_model.deltaloss.bootstrap import bootstrap_scorers
 
-        small, large = bootstrap_scorers(cfg.bootstrap, records, media_root, cfg.tokenizer_dir)
+        small, large = bootstrap_scorers(cfg.bootstrap, records, media_root, tokenizer, scorers, cfg.seed)
     else:
         from nvila_model.quant.quantize import check_nvila_checkpoint
 
         small, large = Path(cfg.small_checkpoint), Path(cfg.large_checkpoint)
         for path in (small, large):  # here, not inside a Ray actor where it would surface as ActorDiedError
             check_nvila_checkpoint(path, task="score with")
+    Path(scorers).mkdir(parents=True, exist_ok=True)  # which scorers were used, beside any trained proxies
+    (Path(scorers) / "scorers.json").write_text(json.dumps({"small": str(small), "large": str(large),
+                                                            "bootstrap": cfg.small_checkpoint is None}, indent=2))
     start = time.perf_counter()
     rows = score_rows(checkpoint_pair(cfg, small, large, media_root), records, cfg)
     seconds = time.perf_counter() - start
     scores = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scores.to_parquet(out_dir / "scores.parquet", index=False)
-    histograms = write_histograms(scores, out_dir)
-    summary = {"num_records": len(scores), "seconds": seconds, "samples_per_s": len(scores) / max(seconds, 1e-9),
-               "small_checkpoint": str(small), "large_checkpoint": str(large), "subsets": subset_stats(scores)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_stage_manifest(out_dir, "score", to_dict(cfg), inputs={"manifest": cfg.manifest, "small": small,
+    with staged_output(out) as tmp:
+        scores.to_parquet(tmp / SCORES_FILE, index=False)
+        histograms = write_histograms(scores, tmp)
+        summary = {"num_records": len(scores), "seconds": seconds,
+                   "samples_per_s": len(scores) / max(seconds, 1e-9), "small_checkpoint": str(small),
+                   "large_checkpoint": str(large), "subsets": subset_stats(scores)}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_stage_manifest(tmp, "score", to_dict(cfg), inputs={"manifest": manifest, "small": small,
                                                                  "large": large}, num_records=len(scores))
     tracker.log_params({"score.small_checkpoint": str(small), "score.large_checkpoint": str(large),
                         "score.num_actors": cfg.ray.num_actors})
     tracker.log_metrics({"score.samples_per_s": summary["samples_per_s"],
                          **{f"score.mean.{s}": v["mean_score"] for s, v in summary["subsets"].items()}})
     for path in histograms:
-        tracker.log_artifact(path, "scores")
-    return out_dir
+        tracker.log_artifact(Path(out) / path.name, "scores")
+    return Path(out)

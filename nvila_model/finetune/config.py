@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from nvila_model.params import config
 
 # mode -> (vision tower, LLM) treatment; the projector is always fully tuned.
 MODES: dict[str, tuple[str, str]] = {
@@ -15,7 +17,7 @@ MODES: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass
+@config
 class LoraSettings:
     """peft LoRA on the LLM: REFERENCE.md section 7 values; `all-linear` is every Linear but lm_head."""
 
@@ -25,14 +27,10 @@ class LoraSettings:
     target_modules: str | list[str] = "all-linear"
 
 
-@dataclass
+@config
 class FinetuneConfig:
-    """The `finetune` stage: which checkpoint, which LLaVA dataset, which mode, learning rates, how long."""
+    """The `finetune` stage: which mode, learning rates, how long (checkpoint, data and output are options)."""
 
-    checkpoint: str = "runs/video_sft"
-    data: str = "data/validated/synth/train.jsonl"  # the user's task, LLaVA format
-    media_root: str | None = None  # None: the manifest's media root
-    output: str = "runs/finetune"
     mode: str = "ln_lora"
     lr: float = 2e-4  # LLM (LoRA or full) and projector
     vision_lr_ratio: float = 0.1  # vision tower LR = lr * ratio (REFERENCE: 5-50x below the LLM)
@@ -48,7 +46,7 @@ class FinetuneConfig:
     num_threads: int = 2
     seed: int = 0
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"finetune.mode {self.mode!r} unknown; choose one of {sorted(MODES)}")
         if not 0 < self.vision_lr_ratio <= 1:

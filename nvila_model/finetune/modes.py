@@ -54,7 +54,6 @@ def quantize_llm_nf4(lm: nn.Module) -> None:
 
 def apply_mode(model: nn.Module, cfg: FinetuneConfig) -> dict[str, int]:
     """Freeze / wrap `model` in place for `cfg.mode`; returns trainable parameter counts per module."""
-    cfg.validate()
     vision, llm = MODES[cfg.mode]
     if llm == "qlora" and (reason := qlora_refusal()):
         raise ValueError(reason)

@@ -22,7 +22,7 @@ def calibration_samples(manifest: str | Path, media_root: str | Path | None, pro
     if not records:
         raise ValueError(f"{manifest}: no {'image or video ' if need_media else ''}records to calibrate on")
     chosen = random.Random(seed).sample(records, min(num_samples, len(records)))
-    root = media_root_for(manifest, media_root or None, "quantize.media_root")
+    root = media_root_for(manifest, media_root or None)
     dataset = LlavaDataset(chosen, media_root=root, processor=processor)
     samples = [s for s in (dataset[i] for i in range(len(dataset))) if s is not None]
     if not samples:

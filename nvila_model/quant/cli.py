@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import typer
 
-PARAMS = typer.Option(Path("params.yaml"), help="params file")
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file")
+DATA = typer.Option(..., "--data", help="the validated corpus folder (its train.jsonl)")
 
 
 def register(app: typer.Typer) -> None:
@@ -19,27 +19,19 @@ def register(app: typer.Typer) -> None:
 
 
 def quantize(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="the NVILA checkpoint folder to quantize"),
+    data: Path = DATA,
+    out: Path = typer.Option(..., "--out", help="the quantized model folder to write"),
     params: Path = PARAMS,
-    checkpoint: str | None = typer.Option(None, help="override quantize.checkpoint (an NVILA checkpoint dir)"),
-    output: str | None = typer.Option(None, help="override quantize.output"),
-    calib_manifest: str | None = typer.Option(None, help="override quantize.calib_manifest (LLaVA JSON lines)"),
-    alpha: float | None = typer.Option(None, help="override quantize.vision.alpha (SmoothQuant migration)"),
-    group_size: int | None = typer.Option(None, help="override quantize.llm.group_size (AWQ)"),
-    vision: bool | None = typer.Option(None, "--vision/--no-vision", help="W8A8 the vision tower"),
-    llm: bool | None = typer.Option(None, "--llm/--no-llm", help="W4A16 (AWQ) the LLM"),
 ) -> None:
-    """W8A8 SmoothQuant vision tower + AWQ W4A16 LLM (`quantize` key); writes a directory `load_quantized` reads."""
+    """W8A8 SmoothQuant vision tower + AWQ W4A16 LLM (`quantize` key), calibrated on the corpus's train split."""
+    from nvila_model.deltaloss.config import TRAIN_MANIFEST
     from nvila_model.params import load_config
-    from nvila_model.quant.config import QuantizeConfig
     from nvila_model.quant.quantize import run_quantize
+    from nvila_model.tracking import current_tracker
 
-    cfg = load_config("quantize", QuantizeConfig, params,
-                      overrides={"checkpoint": checkpoint, "output": output, "calib_manifest": calib_manifest})
-    vision_changes = {k: v for k, v in {"alpha": alpha, "enabled": vision}.items() if v is not None}
-    llm_changes = {k: v for k, v in {"group_size": group_size, "enabled": llm}.items() if v is not None}
-    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **vision_changes),
-                              llm=dataclasses.replace(cfg.llm, **llm_changes))
-    out = run_quantize(cfg)
+    out = run_quantize(load_config("quantize", params), checkpoint, out, data / TRAIN_MANIFEST,
+                       tracker=current_tracker())
     sizes = json.loads((out / "meta.json").read_text())["sizes"]["disk"]
     typer.echo(f"wrote {out} ({sizes['before_bytes'] / 2**20:.2f} MiB -> {sizes['after_bytes'] / 2**20:.2f} MiB)")
 
@@ -61,21 +53,19 @@ def infer(
 
 
 def finetune(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="the NVILA checkpoint folder to fine-tune"),
+    data: Path = DATA,
+    out: Path = typer.Option(..., "--out", help="the fine-tuned model folder to write"),
     params: Path = PARAMS,
-    mode: str | None = typer.Option(None, help="override finetune.mode: full | ln | lora | ln_lora | qlora | ln_qlora"),
-    checkpoint: str | None = typer.Option(None, help="override finetune.checkpoint (any stage's NVILA checkpoint)"),
-    data: str | None = typer.Option(None, help="override finetune.data (a LLaVA-format manifest)"),
-    output: str | None = typer.Option(None, help="override finetune.output"),
-    max_steps: int | None = typer.Option(None, help="override finetune.max_steps"),
 ) -> None:
-    """Fine-tune a checkpoint on a LLaVA dataset (`finetune` key); exports the LoRA-merged model + meta.json."""
-    from nvila_model.finetune.config import FinetuneConfig
+    """Fine-tune a checkpoint on the corpus's train split (`finetune` key); exports the LoRA-merged model."""
+    from nvila_model.deltaloss.config import TRAIN_MANIFEST
     from nvila_model.finetune.run import run_finetune
     from nvila_model.params import load_config
+    from nvila_model.tracking import current_tracker
 
-    cfg = load_config("finetune", FinetuneConfig, params, overrides={
-        "mode": mode, "checkpoint": checkpoint, "data": data, "output": output, "max_steps": max_steps})
-    out = run_finetune(cfg)
+    out = run_finetune(load_config("finetune", params), checkpoint, data / TRAIN_MANIFEST, out,
+                       tracker=current_tracker())
     meta = json.loads((out / "meta.json").read_text())
     typer.echo(f"wrote {out}: mode {meta['mode']}, {meta['trainable_params']['total']} trainable params, "
                f"{meta['train_seconds']} s, peak {meta['peak_memory_bytes'] / 2**20:.1f} MiB")

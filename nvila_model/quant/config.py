@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from nvila_model.params import config
 
 W8A8_BACKENDS = ("auto", "torch_ao", "torchao")
 VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
-@dataclass
+@config
 class VisionW8A8Config:
     """Vision tower W8A8: SmoothQuant folded into LayerNorm -> QKV and LayerNorm -> fc1, then int8 Linears."""
 
@@ -21,7 +23,7 @@ class VisionW8A8Config:
     backend: str = "auto"
     targets: list[str] = field(default_factory=lambda: list(VISION_TARGETS))
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"quantize.vision.alpha must lie in [0, 1], got {self.alpha}")
         if self.backend not in W8A8_BACKENDS:
@@ -33,7 +35,7 @@ class VisionW8A8Config:
             raise ValueError("quantize.vision.num_calib_samples must be at least 1")
 
 
-@dataclass
+@config
 class LLMW4A16Config:
     """LLM W4A16 with AWQ (autoawq): 4-bit weights in groups with a zero point, fp16 activations."""
 
@@ -45,7 +47,7 @@ class LLMW4A16Config:
     calib_seq_len: int = 512  # AWQ calibration block length (lowered to the text available when short)
     apply_clip: str = "auto"  # auto | true | false; auto clips when every output size is a multiple of 64
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.w_bit != 4:
             raise ValueError(f"quantize.llm.w_bit: autoawq GEMM kernels pack 4-bit weights only, got {self.w_bit}")
         if self.group_size not in (32, 64, 128):
@@ -56,21 +58,15 @@ class LLMW4A16Config:
             raise ValueError("quantize.llm needs num_calib_samples >= 1 and calib_seq_len >= 8")
 
 
-@dataclass
+@config
 class QuantizeConfig:
-    """The `quantize` stage: which checkpoint, which calibration data, what to quantize, where to write."""
+    """The `quantize` stage: what to quantize and how (the checkpoint, calibration data and output are options)."""
 
-    checkpoint: str = "runs/finetune"
-    calib_manifest: str = "data/validated/train.jsonl"
-    media_root: str | None = None  # defaults to the manifest's folder
-    output: str = "runs/quantized"
     seed: int = 0
     num_threads: int = 2
     vision: VisionW8A8Config = field(default_factory=VisionW8A8Config)
     llm: LLMW4A16Config = field(default_factory=LLMW4A16Config)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not (self.vision.enabled or self.llm.enabled):
             raise ValueError("quantize: both vision.enabled and llm.enabled are false; nothing to quantize")
-        self.vision.validate()
-        self.llm.validate()

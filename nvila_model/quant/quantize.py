@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from nvila_model.manifest import write_stage_manifest
+from nvila_model.manifest import staged_output, write_stage_manifest
 from nvila_model.params import to_dict
 from nvila_model.quant import awq_adapter, calib, smoothquant, w8a8
 from nvila_model.quant.config import QuantizeConfig
@@ -108,19 +108,20 @@ def quantize_vision(model: nn.Module, samples: list[dict], cfg: QuantizeConfig) 
 
 def quantize_model(model: nn.Module, processor: Any, cfg: QuantizeConfig, manifest: str | Path
                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Quantize `model` in place as `cfg` says; returns (meta, the tensors that save it)."""
+    """Quantize `model` in place as `cfg` says, calibrating on the records of `manifest` (media beside it, or where
+    its stage manifest says); returns (meta, the tensors that save it)."""
     meta: dict[str, Any] = {"kind": QUANT_KIND, "vision": None, "llm": None}
     before, _ = plain_state(model, [])
     start = time.perf_counter()
     saved: dict[str, torch.Tensor] = {}
     skip: list[str] = []
     if cfg.vision.enabled:
-        samples = calib.calibration_samples(manifest, cfg.media_root, processor, cfg.vision.num_calib_samples,
+        samples = calib.calibration_samples(manifest, None, processor, cfg.vision.num_calib_samples,
                                             cfg.seed, need_media=True)
         meta["vision"], saved = quantize_vision(model, samples, cfg)
         skip = [f"vision_tower.{n}" for n in meta["vision"]["quantized_layers"]]
     if cfg.llm.enabled:
-        texts = calib.calibration_samples(manifest, cfg.media_root, processor, cfg.llm.num_calib_samples, cfg.seed)
+        texts = calib.calibration_samples(manifest, None, processor, cfg.llm.num_calib_samples, cfg.seed)
         tokens = calib.text_token_lists(texts, (model.config.image_token_id, model.config.video_token_id))
         llm = cfg.llm
         meta["llm"] = awq_adapter.quantize_lm(
@@ -135,21 +136,20 @@ def quantize_model(model: nn.Module, processor: Any, cfg: QuantizeConfig, manife
     return meta, tensors
 
 
-def run_quantize(cfg: QuantizeConfig, checkpoint: str | Path | None = None, output: str | Path | None = None,
-                 calib_manifest: str | Path | None = None, tracker: Tracker | None = None) -> Path:
-    """Quantize `checkpoint` into `output` (config.json, model.safetensors, processor, meta.json, manifest.json)."""
-    cfg.validate()
-    checkpoint = Path(checkpoint or cfg.checkpoint)
-    output = Path(output or cfg.output)
-    manifest = Path(calib_manifest or cfg.calib_manifest)
+def run_quantize(cfg: QuantizeConfig, checkpoint: str | Path, output: str | Path, calib_manifest: str | Path,
+                 tracker: Tracker | None = None) -> Path:
+    """Quantize `checkpoint` into `output` (config.json, model.safetensors, processor, meta.json, manifest.json),
+    calibrating on the records of `calib_manifest`."""
+    checkpoint, output, manifest = Path(checkpoint), Path(output), Path(calib_manifest)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
     model, processor = load_checkpoint(checkpoint)
     meta, tensors = quantize_model(model, processor, cfg, manifest)
     meta["source_checkpoint"] = str(checkpoint)
-    save_quantized(model, processor, tensors, meta, output)
-    write_stage_manifest(output, "quantize", to_dict(cfg), inputs={"checkpoint": checkpoint, "calib": manifest},
-                         sizes=meta["sizes"])
+    with staged_output(output) as tmp:
+        save_quantized(model, processor, tensors, meta, tmp)
+        write_stage_manifest(tmp, "quantize", to_dict(cfg), inputs={"checkpoint": checkpoint, "calib": manifest},
+                             sizes=meta["sizes"])
     tracker = tracker or NullTracker()
     tracker.log_metrics({"quantize_seconds": meta["seconds"], **{f"size_ratio_{part}": float(v["ratio"])
                                                                  for part, v in meta["sizes"].items()}})

@@ -1,68 +1,93 @@
-"""Config dataclasses of the model key and of the five training stages (one `params.yaml` key each)."""
+"""Config classes of the model, tokenizer, five training stages and eval keys of params.yaml (settings only)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from nvila_model.params import config
 
 MODULES = ("vision_tower", "projector", "language_model")
 STAGES = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")
-PRECISIONS = ("auto", "fp32", "bf16", "fp8")
+Module = Literal["vision_tower", "projector", "language_model"]
+Precision = Literal["auto", "fp32", "bf16", "fp8"]
+Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 
 
-@dataclass
+@config
 class ModelParams:
     """`params.yaml:model`: the preset, NVILAConfig overrides, and optional local pretrained components."""
 
-    preset: str = "tiny"
+    preset: Literal["tiny", "small", "nvila-8b", "nvila-lite-8b"] = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
     vision_path: str | None = None   # a local SigLIP vision checkpoint directory
     llm_path: str | None = None      # a local Qwen2 checkpoint directory
 
 
-@dataclass
+@config
 class StageConfig:
-    """One training stage: which modules train at which learning rate, on which data, for how long."""
+    """One training stage: which modules train at which learning rate, on which data, for how long.
 
-    out_dir: str
-    train_modules: list[str]
-    lr: dict[str, float]
-    datasets: list[str]
-    pruned_manifest: str | None = None      # keep only the train ids listed here (a DeltaLoss/random pruning)
-    init_from: str | None = None            # previous stage's directory; None builds from the model preset
-    tokenizer_dir: str = "runs/tokenizer"
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_length: int = 1024
-    epochs: float = 1.0
-    max_steps: int = -1                      # > 0 overrides epochs
-    max_grad_norm: float = 1.0
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    num_video_frames: int | None = None      # override the model's frames for this stage
-    video_pool_size: int | None = None
+    Its inputs (the previous stage, the tokenizer, the data, the pruned subset) and output are paths given by
+    `dvc.yaml` on the command line, not settings.
+    """
+
+    train_modules: Annotated[list[Module], Field(min_length=1)]
+    lr: dict[Module, float]
+    datasets: Annotated[list[str], Field(min_length=1)]
+    batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int = Field(default=1024, ge=16)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = Field(default=-1, ge=-1)   # > 0 overrides epochs; -1 trains `epochs`
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    num_video_frames: int | None = Field(default=None, ge=1)   # override the model's frames for this stage
+    video_pool_size: int | None = Field(default=None, ge=1)
     packing: bool = True
-    pack_tokens: int | None = None           # token budget of one packed row; default max_length
-    precision: str = "auto"                  # auto (bf16 where supported) | fp32 | bf16 | fp8
-    attn_implementation: str = "auto"        # auto (flash-attn varlen on GPU when installed, else sdpa) | sdpa | eager
+    pack_tokens: int | None = Field(default=None, ge=16)     # token budget of one packed row; default max_length
+    precision: Precision = "auto"            # auto (bf16 where supported) | fp32 | bf16 | fp8
+    attn_implementation: Attention = "auto"  # auto (flash-attn varlen on GPU when installed, else sdpa)
     gradient_checkpointing: bool = False
     deepspeed: str | None = None             # a configs/deepspeed/*.json, used when distributed or on GPU
-    logging_steps: int = 10
-    save_steps: int = 50
-    seed: int = 0
-    num_workers: int = 0
+    logging_steps: int = Field(default=10, ge=1)
+    save_steps: int = Field(default=50, ge=1)
+    seed: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=0, ge=0)
     resume: bool = True
 
-    def validate(self, stage: str) -> None:
-        unknown = sorted(set(self.train_modules) - set(MODULES))
-        if unknown:
-            raise ValueError(f"{stage}: train_modules {unknown} unknown; choose from {list(MODULES)}")
+    def __post_init__(self) -> None:
         if set(self.lr) != set(self.train_modules):
-            raise ValueError(f"{stage}: lr must give one learning rate per trained module {self.train_modules}, "
+            raise ValueError(f"lr must give one learning rate per trained module {list(self.train_modules)}, "
                              f"got {sorted(self.lr)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"{stage}: precision {self.precision!r} unknown; choose from {list(PRECISIONS)}")
-        if not self.datasets:
-            raise ValueError(f"{stage}: no datasets given")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError(f"{stage}: batch_size and grad_accum must be >= 1")
+        if any(rate <= 0 for rate in self.lr.values()):
+            raise ValueError(f"learning rates must be positive, got {dict(self.lr)}")
+        if self.max_steps == 0:
+            raise ValueError("max_steps 0 trains nothing: use -1 (train `epochs`) or a positive count")
+        if self.save_steps % self.logging_steps:
+            raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of logging_steps "
+                             f"({self.logging_steps}) so a resumed run logs the same windows")
+
+
+@config
+class TokenizerConfig:
+    """`params.yaml:tokenizer`: the datasets whose train text the BPE learns from, and its size."""
+
+    datasets: list[str] = field(default_factory=lambda: ["synth-all"])
+    vocab_size: int | None = Field(default=None, ge=261)  # >= 256 bytes + 5 specials; default: the preset's vocabulary
+
+
+@config
+class EvalConfig:
+    """`params.yaml:eval`: which test data and how to decode; the model and folders come from the command line."""
+
+    datasets: list[str] = field(default_factory=lambda: ["synth-all"])
+    split: str = "test"
+    batch_size: int = Field(default=16, ge=1)
+    max_new_tokens: int = Field(default=8, ge=1)
+    limit_per_subset: int | None = Field(default=None, ge=1)
+    efficiency_samples: int = Field(default=4, ge=0)
+    decode_tokens: int = Field(default=16, ge=2)

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from nvila_model.console import progress_line
 from nvila_model.data.collate import model_inputs
 from nvila_model.tracking import NullTracker, Tracker
 
@@ -55,9 +54,8 @@ class NVILATrainer(Trainer):
 
 
 class StageCallback(TrainerCallback):
-    """Saves at the final step (so optimizer/scheduler state ships with the stage), measures throughput, forwards
-    the Trainer's logs to the tracker and, with `progress_lines` (no terminal for a tqdm bar), prints one progress
-    line per log step to stderr."""
+    """Measures throughput, forwards the Trainer's logs to the tracker and, with `progress_lines` (no terminal for a
+    tqdm bar), prints one progress line per log step to stderr."""
 
     def __init__(self, tracker: Tracker | None = None, samples_per_step: int = 1, name: str = "train",
                  progress_lines: bool = False):
@@ -72,11 +70,6 @@ class StageCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = self.last_time = time.perf_counter()
         self.first_step = self.last_step = state.global_step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
-            control.should_save = True
-        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         now = time.perf_counter()
@@ -95,3 +88,22 @@ class StageCallback(TrainerCallback):
                 line = progress_line(self.name, state.global_step, state.max_steps, now - self.started, metrics,
                                      state.global_step - self.first_step)
             print(line, file=sys.stderr, flush=True)
+
+
+def progress_line(name: str, step: int, max_steps: int, elapsed_s: float, metrics: dict[str, float],
+                  steps_done: int | None = None) -> str:
+    """One line of training progress, e.g. `image_sft step 20/120 (17%)  loss 2.31  lr 1.90e-04 ... eta 1m40s`;
+    `steps_done` (default `step`) are the steps `elapsed_s` covers (fewer after a resume)."""
+    parts = [f"{name} step {step}/{max_steps} ({step / max(max_steps, 1):.0%})"]
+    for key, fmt in (("loss", ".4g"), ("grad_norm", ".3g"), ("learning_rate", ".2e"), ("samples_per_s", ".1f")):
+        if key in metrics:
+            parts.append(f"{'lr' if key == 'learning_rate' else key.replace('_per_', '/')} {metrics[key]:{fmt}}")
+    done = step if steps_done is None else steps_done
+    remaining = elapsed_s / done * (max_steps - step) if done > 0 else 0.0
+    parts.append(f"elapsed {_duration(elapsed_s)} eta {_duration(remaining)}")
+    return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

@@ -16,12 +16,13 @@ import torch
 from transformers import PrinterCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from nvila_model.console import progress_bars
+from nvila_model.cli import progress_bars
 from nvila_model.data.collate import PackingCollator, PaddingCollator
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.manifest import read_manifest
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
-from nvila_model.manifest import git_revision, hash_path, write_stage_manifest
+from nvila_model.deltaloss.config import TRAIN_MANIFEST
+from nvila_model.manifest import git_revision, hash_path, staged_output, write_stage_manifest
 from nvila_model.modeling import NVILAForConditionalGeneration
 from nvila_model.presets import build_config
 from nvila_model.processor import NVILAProcessor
@@ -32,21 +33,35 @@ from nvila_model.train.hf_trainer import NVILATrainer, StageCallback
 from nvila_model.train.precision import bf16_supported, convert_fp8, resolve_attention, resolve_precision
 
 log = logging.getLogger(__name__)
+WORK_ENV = "NVILA_WORK_DIR"  # where interrupted stages keep their resumable checkpoints (outside the outputs)
 
 
-def build_model(cfg: StageConfig, model_params: ModelParams) -> tuple[NVILAForConditionalGeneration, NVILAProcessor]:
-    """The previous stage's model, or (first stage) a fresh one from the preset and the trained tokenizer."""
-    if cfg.init_from:
-        init = Path(cfg.init_from)
-        if not (init / "config.json").is_file():
-            raise ValueError(f"{init}: init_from is not a stage checkpoint directory (no config.json)")
-        model = NVILAForConditionalGeneration.from_pretrained(init)
-        tokenizer = NVILAProcessor.from_pretrained(init).tokenizer
+def load_stage_model(path: str | Path) -> tuple[NVILAForConditionalGeneration, Any]:
+    """(model, tokenizer) of a stage checkpoint directory; a missing or corrupt file is one line naming it."""
+    path = Path(path)
+    weights = path / "model.safetensors"
+    for needed in (path / "config.json", weights):
+        if not needed.is_file():
+            raise ValueError(f"{needed}: not found; {path} is not a stage checkpoint directory")
+    try:
+        model = NVILAForConditionalGeneration.from_pretrained(path)
+    except Exception as exc:  # safetensors, JSON and torch raise their own types for a truncated or corrupt file
+        raise ValueError(f"{weights}: cannot be loaded ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
+    return model, NVILAProcessor.from_pretrained(path).tokenizer
+
+
+def build_model(cfg: StageConfig, model_params: ModelParams, init: str | Path | None = None,
+                tokenizer_dir: str | Path | None = None) -> tuple[NVILAForConditionalGeneration, NVILAProcessor]:
+    """The previous stage's model (`init`), or (first stage) a fresh one from the preset and the trained tokenizer."""
+    if init is not None:
+        model, tokenizer = load_stage_model(init)
     else:
-        tokenizer = load_tokenizer(cfg.tokenizer_dir)
+        if tokenizer_dir is None:
+            raise ValueError("the first training stage needs the tokenizer folder (--tokenizer)")
+        tokenizer = load_tokenizer(tokenizer_dir)
         config = build_config(model_params.preset, **model_params.overrides)
         if len(tokenizer) > config.text_config.vocab_size:
-            raise ValueError(f"tokenizer in {cfg.tokenizer_dir} has {len(tokenizer)} tokens, more than the "
+            raise ValueError(f"tokenizer in {tokenizer_dir} has {len(tokenizer)} tokens, more than the "
                              f"{model_params.preset} LLM vocabulary ({config.text_config.vocab_size})")
         config.text_config.pad_token_id = tokenizer.pad_token_id
         config.text_config.eos_token_id = tokenizer.eos_token_id
@@ -69,28 +84,32 @@ def freeze_except(model: NVILAForConditionalGeneration, train_modules: list[str]
     return {m: sum(p.numel() for p in model.get_submodule(m).parameters() if p.requires_grad) for m in MODULES}
 
 
-def train_records(cfg: StageConfig, datasets: DatasetsConfig) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Train records of the stage's datasets (a pruned manifest, when given, keeps only its ids) and their paths."""
-    registry = DatasetRegistry(datasets)
+def train_records(cfg: StageConfig, datasets: DatasetsConfig, data: str | Path | None,
+                  pruned: str | Path | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Train records of the stage's datasets (a pruned subset, when given, keeps only its ids) and their paths."""
+    registry = DatasetRegistry(datasets, data)
     records, inputs = [], {}
     for name in cfg.datasets:
         records += registry.records(name, "train", seed=cfg.seed)
         for entry in registry.mixtures.get(name, {name: 1}):
             inputs[f"data:{entry}"] = str(registry.manifest_path(entry, "train"))
-    if cfg.pruned_manifest:
-        keep = {str(r["id"]) for r in read_manifest(cfg.pruned_manifest)}
+    if pruned is not None:
+        manifest = Path(pruned) / TRAIN_MANIFEST
+        if not manifest.is_file():
+            raise ValueError(f"{manifest}: pruned subset not found (run the prune stage first)")
+        keep = {str(r["id"]) for r in read_manifest(manifest)}
         records = [r for r in records if str(r["id"]) in keep]
-        inputs["pruned"] = cfg.pruned_manifest
+        inputs["pruned"] = str(manifest)
     if not records:
         raise ValueError(f"datasets {cfg.datasets} hold no train records")
     return records, inputs
 
 
-def training_arguments(cfg: StageConfig, out: Path, bf16: bool) -> TrainingArguments:
+def training_arguments(cfg: StageConfig, checkpoints: Path, bf16: bool) -> TrainingArguments:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     use_deepspeed = bool(cfg.deepspeed) and (distributed or torch.cuda.is_available())
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(checkpoints), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         lr_scheduler_type="cosine", warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, save_strategy="steps",
@@ -101,51 +120,72 @@ def training_arguments(cfg: StageConfig, out: Path, bf16: bool) -> TrainingArgum
     )
 
 
-def config_fingerprint(stage: str, cfg: StageConfig, model_params: ModelParams) -> str:
-    blob = json.dumps({"stage": stage, "cfg": asdict(cfg), "model": asdict(model_params)}, sort_keys=True)
+def work_dir(stage: str, fingerprint: str, root: str | Path | None = None) -> Path:
+    """Where an unfinished run of this stage and config keeps its checkpoints: `<root>/<stage>/<fingerprint>`, root
+    `$NVILA_WORK_DIR` or `.nvila/work`. Outside the stage output, which a pipeline run replaces or removes."""
+    root = Path(root or os.environ.get(WORK_ENV) or ".nvila/work")
+    return root / stage / fingerprint
+
+
+def fingerprint(stage: str, cfg: Any, extra: dict[str, Any], inputs: dict[str, str]) -> str:
+    """The identity of a run: stage, settings and the content of every input (so a changed input never resumes)."""
+    blob = json.dumps({"stage": stage, "cfg": asdict(cfg), "extra": extra,
+                       "inputs": {k: hash_path(v) for k, v in sorted(inputs.items())}}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def resume_point(out: Path, fingerprint: str, resume: bool, is_main: bool = True) -> str | None:
-    """The last checkpoint of an interrupted run of this same config, else None. The main process clears stale
-    state and stamps the directory; the others (distributed runs) only read it afterwards."""
-    ckpts, stamp = out / "checkpoints", out / "checkpoints" / "fingerprint"
-    if resume and ckpts.is_dir() and stamp.is_file() and stamp.read_text() == fingerprint:
-        last = get_last_checkpoint(str(ckpts))
-        if last and (not (out / "meta.json").is_file() or not is_main):
-            return last
-    if is_main:
-        if out.exists():
-            shutil.rmtree(out)
+def resume_point(work: Path, resume: bool, is_main: bool = True) -> str | None:
+    """The last checkpoint of an interrupted run with this fingerprint, else None (and a fresh work folder)."""
+    ckpts = work / "checkpoints"
+    last = get_last_checkpoint(str(ckpts)) if resume and ckpts.is_dir() else None
+    if last is None and is_main:
+        shutil.rmtree(work, ignore_errors=True)
         ckpts.mkdir(parents=True)
-        stamp.write_text(fingerprint)
-    return None
+    return last
 
 
-def run_stage(stage: str, cfg: StageConfig, model_params: ModelParams, datasets: DatasetsConfig,
-              tracker: Tracker | None = None) -> Path:
-    """Train one stage and write `cfg.out_dir`: model + processor, `meta.json`, `manifest.json`, and the last
-    Trainer checkpoint (optimizer, scheduler, RNG) under `checkpoints/`. A killed run resumes from its last
-    checkpoint when re-run with the same config."""
-    cfg.validate(stage)
-    records, inputs = train_records(cfg, datasets)
-    fingerprint = config_fingerprint(stage, cfg, model_params)
-    return fit(stage, cfg, lambda: build_model(cfg, model_params), records, inputs, fingerprint, tracker)
+def run_stage(stage: str, cfg: StageConfig, model_params: ModelParams, datasets: DatasetsConfig, *,
+              data: str | Path | None, out: str | Path, init: str | Path | None = None,
+              tokenizer: str | Path | None = None, pruned: str | Path | None = None,
+              work_root: str | Path | None = None, tracker: Tracker | None = None) -> Path:
+    """Train one stage from `init` (or, for the first stage, a fresh model with the `tokenizer`) on the stage's
+    datasets in `data` (only the ids of the `pruned` subset, when given); write `out`: model + processor,
+    `meta.json`, `log_history.json`, `manifest.json`. A killed run resumes from its last checkpoint when re-run with
+    the same settings and inputs; `out` is replaced only when the new output is complete."""
+    records, inputs = train_records(cfg, datasets, data, pruned)
+    inputs |= {"init_from": str(init)} if init is not None else {"tokenizer": str(tokenizer)}
+    fp = fingerprint(stage, cfg, asdict(model_params), inputs)
+    return fit(stage, cfg, lambda: build_model(cfg, model_params, init, tokenizer), records, inputs, Path(out),
+               work_dir(stage, fp, work_root), tracker)
+
+
+def summarise_history(log_history: list[dict[str, Any]]) -> tuple[list[dict[str, float]], float]:
+    """The Trainer's logged training rows (those with a loss) and the mean loss over every step they cover.
+
+    Read from the Trainer state, which checkpoints carry, so a resumed run reports the same history and final loss
+    as an uninterrupted one.
+    """
+    rows = [{k: float(v) for k, v in row.items() if isinstance(v, int | float)} for row in log_history
+            if "loss" in row]
+    covered, total, last = 0, 0.0, 0
+    for row in rows:
+        steps = int(row["step"]) - last
+        total, covered, last = total + row["loss"] * steps, covered + steps, int(row["step"])
+    return rows, (total / covered if covered else float("nan"))
 
 
 def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]], inputs: dict[str, str],
-        fingerprint: str, tracker: Tracker | None = None) -> Path:
-    """Train the model `make_model()` returns on `records` with the Trainer as `cfg` says; write `cfg.out_dir`.
+        out: Path, work: Path, tracker: Tracker | None = None) -> Path:
+    """Train the model `make_model()` returns on `records` with the Trainer as `cfg` says; write `out`.
 
     The one training implementation: the five stages and the DeltaLoss proxy scorers both come through here.
     """
     tracker = tracker or NullTracker()
-    out = Path(cfg.out_dir)
     precision = resolve_precision(cfg.precision)
     use_bf16 = precision == "bf16" or (precision.startswith("fp8") and bf16_supported())
-    args = training_arguments(cfg, out, use_bf16)  # sets up torch.distributed under torchrun / deepspeed
-    with args.main_process_first(desc="stage directory"):
-        resume_from = resume_point(out, fingerprint, cfg.resume, is_main=args.process_index == 0)
+    args = training_arguments(cfg, work / "checkpoints", use_bf16)  # sets up torch.distributed when launched so
+    with args.main_process_first(desc="work folder"):
+        resume_from = resume_point(work, cfg.resume, is_main=args.process_index == 0)
     set_seed(cfg.seed)
     model, processor = make_model()
     attention = resolve_attention(cfg.attn_implementation)
@@ -168,19 +208,25 @@ def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]],
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.perf_counter() - started
-    trainer.save_model(str(out))
-    if not trainer.is_world_process_zero():
+    is_main = trainer.is_world_process_zero()
+    with staged_output(out, swap=is_main) as tmp:
+        trainer.save_model(str(tmp))
+        if is_main:
+            history, final_loss = summarise_history(trainer.state.log_history)
+            processor.save_pretrained(tmp)
+            samples_per_s = result.metrics.get("train_samples_per_second", 0.0)
+            run |= {"train_seconds": round(elapsed, 2), "global_steps": trainer.state.global_step,
+                    "final_loss": final_loss, "samples_per_s": round(samples_per_s, 3),
+                    "skipped_records": len(dataset.failures), "git_revision": git_revision(),
+                    "inputs": {k: {"path": v, "sha256": hash_path(v)} for k, v in inputs.items()}}
+            (tmp / "meta.json").write_text(json.dumps(run, indent=2, default=str))
+            (tmp / "log_history.json").write_text(json.dumps(history, indent=2))
+            write_stage_manifest(tmp, stage, asdict(cfg), inputs=inputs, precision=precision)
+    if not is_main:
         return out
-    processor.save_pretrained(out)
-    run |= {"train_seconds": round(elapsed, 2), "global_steps": trainer.state.global_step,
-            "final_loss": result.training_loss,
-            "samples_per_s": round(result.metrics.get("train_samples_per_second", 0.0), 3),
-            "skipped_records": len(dataset.failures), "git_revision": git_revision(),
-            "inputs": {k: {"path": v, "sha256": hash_path(v)} for k, v in inputs.items()}}
-    (out / "meta.json").write_text(json.dumps(run, indent=2, default=str))
-    (out / "log_history.json").write_text(json.dumps(callback.history, indent=2))
-    init_inputs = {"init_from": cfg.init_from} if cfg.init_from else {"tokenizer": cfg.tokenizer_dir}
-    write_stage_manifest(out, stage, asdict(cfg), inputs={**inputs, **init_inputs}, precision=precision)
-    tracker.log_metrics({"train_seconds": elapsed, "final_loss": result.training_loss,
+    shutil.rmtree(work, ignore_errors=True)  # finished: nothing left to resume
+    if work.parent.is_dir() and not any(work.parent.iterdir()):
+        work.parent.rmdir()
+    tracker.log_metrics({"train_seconds": elapsed, "final_loss": final_loss,
                          "global_steps": trainer.state.global_step, "num_train_records": len(records)})
     return out

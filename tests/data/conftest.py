@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nvila_model.data.generate import GenerateConfig, run_generate
+from nvila_model.data.config import GenerateConfig
+from nvila_model.data.generate import run_generate
 from nvila_model.data.manifest import read_manifest, record_kind, write_jsonl
 from nvila_model.data.render import write_mp4
 
@@ -23,7 +24,7 @@ def scale() -> float:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_generate(GenerateConfig(out_dir=str(tmp_path_factory.mktemp("raw")), scale=SCALE, seed=3))
+    return run_generate(GenerateConfig(scale=SCALE, seed=3), tmp_path_factory.mktemp("raw") / "synth")
 
 
 def bad_corpus(corpus: Path, root: Path) -> tuple[list[dict], dict[str, str]]:

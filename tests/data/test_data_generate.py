@@ -10,7 +10,8 @@ import pytest
 from decord import VideoReader, cpu
 from PIL import Image
 
-from nvila_model.data.generate import SUBSETS, GenerateConfig, build_split, run_generate, subset_configs
+from nvila_model.data.config import GenerateConfig, subset_configs
+from nvila_model.data.generate import SUBSETS, build_split, run_generate
 from nvila_model.data.manifest import read_manifest, record_kind
 from nvila_model.data.render import COLOURS
 
@@ -21,7 +22,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_gives_same_bytes(corpus: Path, scale: float, tmp_path: Path) -> None:
-    again = run_generate(GenerateConfig(out_dir=str(tmp_path / "a"), scale=scale, seed=3))
+    again = run_generate(GenerateConfig(scale=scale, seed=3), tmp_path / "a")
     first, second = _files(corpus), _files(again)
     assert first.keys() == second.keys()
     assert any(k.endswith(".mp4") for k in first) and any(k.endswith(".png") for k in first)
@@ -29,9 +30,8 @@ def test_same_seed_gives_same_bytes(corpus: Path, scale: float, tmp_path: Path) 
 
 
 def test_other_seed_gives_other_data(corpus: Path, scale: float, tmp_path: Path) -> None:
-    cfg = GenerateConfig(out_dir=str(tmp_path), scale=scale, seed=4, subsets={
-        name: {"enabled": name == "attributes"} for name in SUBSETS})
-    other = run_generate(cfg)
+    cfg = GenerateConfig(scale=scale, seed=4, subsets={name: {"enabled": name == "attributes"} for name in SUBSETS})
+    other = run_generate(cfg, tmp_path / "synth")
     assert (other / "train.jsonl").read_bytes() != (corpus / "train.jsonl").read_bytes()
 
 
@@ -105,12 +105,12 @@ def test_multi_turn_records_exist_and_sizes_scale(corpus: Path, scale: float) ->
 
 def test_bad_knobs_are_value_errors(scale: float, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown subset"):
-        subset_configs(GenerateConfig(subsets={"nope": {}}))
-    with pytest.raises(ValueError, match="unknown key"):
-        subset_configs(GenerateConfig(subsets={"text": {"sizee": 3}}))
+        GenerateConfig(subsets={"nope": {}})
+    with pytest.raises(ValueError, match="subsets.text.sizee: unknown key"):
+        GenerateConfig(subsets={"text": {"sizee": 3}})
     with pytest.raises(ValueError, match="noise and duplicate"):
-        subset_configs(GenerateConfig(subsets={"text": {"noise": 0.7, "duplicate": 0.5}}))
+        GenerateConfig(subsets={"text": {"noise": 0.7, "duplicate": 0.5}})
     (tmp_path / "synth").mkdir()
     (tmp_path / "synth" / "precious.txt").write_text("x")
     with pytest.raises(ValueError, match="refusing to overwrite"):
-        run_generate(GenerateConfig(out_dir=str(tmp_path), scale=scale))
+        run_generate(GenerateConfig(scale=scale), tmp_path / "synth")

@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from nvila_model.data.checks import make_token_counter, record_facts
+from nvila_model.data.config import ValidateConfig
 from nvila_model.data.loader import LlavaDataset, load_media
 from nvila_model.data.manifest import MediaPathError, media_root_for, read_manifest, record_kind, scan_manifest
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
-from nvila_model.data.validate import ValidateConfig, run_validate
+from nvila_model.data.validate import run_validate
 from nvila_model.presets import build_config
 from nvila_model.train.config import ModelParams
 
@@ -74,14 +75,14 @@ def issue_corpus(corpus: Path, make_bad_corpus, tmp_path_factory: pytest.TempPat
 
 
 def _validate(raw: Path, out: Path, root: Path | None, **overrides) -> Path:
-    cfg = ValidateConfig(name="llava", raw_dir=str(raw), out_dir=str(out), splits=["train"], max_image_pixels=30_000,
-                         max_reject_share=1.0, data_docs=False, **overrides)
-    return run_validate(cfg, ModelParams(preset="tiny"), media_root=root)
+    cfg = ValidateConfig(name="llava", splits=["train"], max_image_pixels=30_000, max_reject_share=1.0,
+                         data_docs=False, **overrides)
+    return run_validate(cfg, raw, out, model_params=ModelParams(preset="tiny"), media_root=root)
 
 
 def test_every_line_is_kept_or_quarantined_with_its_reason(issue_corpus, tmp_path: Path) -> None:
     raw, root, facts = issue_corpus
-    out = _validate(raw, tmp_path / "out", root)
+    out = _validate(raw / "llava", tmp_path / "out", root)
     quarantine = read_manifest(out / "quarantine.jsonl")
     by_id = {q["id"]: q["quarantine_reason"] for q in quarantine if "id" in q}
     assert by_id == facts["expected"]
@@ -143,13 +144,13 @@ def test_a_json_list_manifest(corpus: Path, tmp_path: Path) -> None:
     raw.mkdir(parents=True)
     text = json.dumps([records[0], {**records[1], "id": "bad-bytes"}, *records[2:]]).encode()
     (raw / "train.json").write_bytes(text.replace(b'"bad-bytes"', b'"bad-\xff-bytes"'))
-    out = _validate(raw.parent, tmp_path / "out", corpus)
+    out = _validate(raw, tmp_path / "out", corpus)
     [q] = read_manifest(out / "quarantine.jsonl")
     assert q["quarantine_reason"] == "invalid_utf8" and q["index"] == 1 and "bad-\\udcff-bytes" in q["raw"]
     assert len(read_manifest(out / "train.jsonl")) == 4
     (raw / "train.json").write_bytes(text[:-20])
     with pytest.raises(ValueError, match=r"train.json: not valid JSON .*none of it was read"):
-        _validate(raw.parent, tmp_path / "out2", corpus)
+        _validate(raw, tmp_path / "out2", corpus)
 
 
 def test_loader_and_registry_refuse_paths_outside_the_root(issue_corpus, tmp_path: Path) -> None:
@@ -174,7 +175,7 @@ def test_loader_and_registry_refuse_paths_outside_the_root(issue_corpus, tmp_pat
 def test_a_media_root_that_is_no_folder_is_named(issue_corpus, tmp_path: Path) -> None:
     raw, _, _ = issue_corpus
     with pytest.raises(ValueError, match=r"nowhere: media_root is not a folder"):
-        _validate(raw, tmp_path / "out", tmp_path / "nowhere")
+        _validate(raw / "llava", tmp_path / "out", tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"nowhere: score.media_root is not a folder"):
         media_root_for(raw / "llava" / "train.jsonl", tmp_path / "nowhere", "score.media_root")
     assert not (tmp_path / "out").exists()  # refused before any work
@@ -186,8 +187,7 @@ def test_data_docs_stay_in_the_stage_output(bad_raw, tmp_path: Path, monkeypatch
     temp.mkdir()
     monkeypatch.setenv("TMPDIR", str(temp))
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    cfg = ValidateConfig(name="bad", raw_dir=str(raw), out_dir=str(tmp_path / "out"), splits=["train"],
-                         max_reject_share=1.0)
-    out = run_validate(cfg)
+    cfg = ValidateConfig(name="bad", splits=["train"], max_reject_share=1.0)
+    out = run_validate(cfg, raw / "bad", tmp_path / "out")
     assert (out / "data_docs" / "index.html").is_file()
     assert list(temp.iterdir()) == []

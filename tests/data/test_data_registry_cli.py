@@ -10,19 +10,18 @@ import yaml
 from typer.testing import CliRunner
 
 from nvila_model.data.cli import register
-from nvila_model.data.generate import GenerateConfig, subset_configs
+from nvila_model.data.config import DatasetsConfig, GenerateConfig, subset_configs
 from nvila_model.data.manifest import read_manifest
-from nvila_model.data.registry import DatasetRegistry, DatasetsConfig, repeat_records
-from nvila_model.data.validate import ValidateConfig
-from nvila_model.params import load_config
+from nvila_model.data.registry import DatasetRegistry, repeat_records
+from nvila_model.params import load_params
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 
 def test_shipped_params_keys_load() -> None:
-    subset_configs(load_config("generate", GenerateConfig, PARAMS))
-    load_config("validate", ValidateConfig, PARAMS)
-    registry = DatasetRegistry(load_config("datasets", DatasetsConfig, PARAMS))
+    configs = load_params(PARAMS, keys=["generate", "validate", "datasets"])
+    assert len(subset_configs(configs["generate"])) == 9
+    registry = DatasetRegistry(configs["datasets"])
     assert {"synth-image", "synth-video", "synth-all"} <= set(registry.names())
 
 
@@ -51,9 +50,13 @@ def test_registry_resolves_entries_and_mixtures(corpus: Path) -> None:
     with pytest.raises(ValueError, match="not registered"):
         registry.records("nope", "train")
     with pytest.raises(ValueError, match="unknown dataset"):
-        DatasetRegistry(DatasetsConfig(mixtures={"m": {"missing": 1.0}}))
-    with pytest.raises(ValueError, match="unknown key"):
-        DatasetRegistry(DatasetsConfig(entries={"x": {"manifest": "a", "weight": 2}}))
+        DatasetsConfig(mixtures={"m": {"missing": 1.0}})
+    with pytest.raises(ValueError, match="Unexpected keyword argument"):
+        DatasetsConfig(entries={"x": {"manifest": "a", "weight": 2}})
+    pipeline = DatasetRegistry(DatasetsConfig(entries={"all": {}}), corpus)  # no manifest: the --data corpus
+    assert len(pipeline.records("all", "test")) == len(read_manifest(corpus / "test.jsonl"))
+    with pytest.raises(ValueError, match="no data folder was given"):
+        DatasetRegistry(DatasetsConfig(entries={"all": {}})).records("all", "test")
 
 
 def test_cli_generate_validate_and_help(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,18 +64,18 @@ def test_cli_generate_validate_and_help(tmp_path: Path, monkeypatch: pytest.Monk
     app = typer.Typer()
     register(app)
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"generate": {"out_dir": "raw", "subsets": {
-        name: {"enabled": name == "counting"} for name in subset_configs(GenerateConfig())}},
-        "validate": {"raw_dir": "raw", "out_dir": "validated"}, "model": {"preset": "tiny"}}))
+    params.write_text(yaml.safe_dump({"generate": {"scale": 0.02, "seed": 5, "subsets": {
+        name: {"enabled": name == "counting"} for name in subset_configs(GenerateConfig())}}, "validate": {},
+        "model": {"preset": "tiny"}}))
     runner = CliRunner()
     for cmd in ("generate", "validate", "datasets"):
         assert runner.invoke(app, ["data", cmd, "--help"]).exit_code == 0
-    result = runner.invoke(app, ["data", "generate", "--params", str(params), "--scale", "0.02", "--seed", "5"])
+    result = runner.invoke(app, ["data", "generate", "--params", str(params), "--out", "raw"])
     assert result.exit_code == 0, result.output
-    assert "counting" in result.output and (tmp_path / "raw" / "synth" / "train.jsonl").is_file()
-    result = runner.invoke(app, ["data", "validate", "--params", str(params)])
+    assert "counting" in result.output and (tmp_path / "raw" / "train.jsonl").is_file()
+    result = runner.invoke(app, ["data", "validate", "--params", str(params), "--raw", "raw", "--out", "validated"])
     assert result.exit_code == 0, result.output
     assert "quarantined 0" in result.output
-    assert (tmp_path / "validated" / "synth" / "data_docs" / "index.html").is_file()
-    bad = runner.invoke(app, ["data", "generate", "--params", str(tmp_path / "missing.yaml")])
+    assert (tmp_path / "validated" / "data_docs" / "index.html").is_file()
+    bad = runner.invoke(app, ["data", "generate", "--params", str(tmp_path / "missing.yaml"), "--out", "x"])
     assert bad.exit_code != 0 and "params file not found" in str(bad.exception)

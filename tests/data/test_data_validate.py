@@ -10,16 +10,16 @@ import pytest
 from PIL import Image
 
 from nvila_model.data.checks import make_token_counter
+from nvila_model.data.config import ValidateConfig
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.manifest import media_paths, read_manifest, record_kind
-from nvila_model.data.validate import ValidateConfig, run_validate
+from nvila_model.data.validate import run_validate
 
 
 def test_each_defect_gets_its_reason(bad_raw, tmp_path: Path) -> None:
     raw, records, expected = bad_raw
-    cfg = ValidateConfig(name="bad", raw_dir=str(raw), out_dir=str(tmp_path / "out"), splits=["train"],
-                         max_image_pixels=30_000, max_tokens=600, max_reject_share=1.0)
-    out = run_validate(cfg, tokenizer=len)  # a `text -> count` callable stands in for a tokenizer
+    cfg = ValidateConfig(name="bad", splits=["train"], max_image_pixels=30_000, max_tokens=600, max_reject_share=1.0)
+    out = run_validate(cfg, raw / "bad", tmp_path / "out", tokenizer=len)  # a `text -> count` callable as tokenizer
     quarantine = read_manifest(out / "quarantine.jsonl")
     assert len(quarantine) == len(expected)
     assert {r["id"]: r["quarantine_reason"] for r in quarantine} == expected
@@ -34,17 +34,16 @@ def test_each_defect_gets_its_reason(bad_raw, tmp_path: Path) -> None:
 
 def test_reject_share_gate_names_the_worst_subset(bad_raw, tmp_path: Path) -> None:
     raw, _, _ = bad_raw
-    cfg = ValidateConfig(name="bad", raw_dir=str(raw), out_dir=str(tmp_path / "out"), splits=["train"],
-                         max_reject_share=0.05, data_docs=False)
+    cfg = ValidateConfig(name="bad", splits=["train"], max_reject_share=0.05, data_docs=False)
     with pytest.raises(ValueError, match=r"subset 'attributes' rejected \d+/\d+ records"):
-        run_validate(cfg)
-    assert (tmp_path / "out" / "bad" / "quarantine.jsonl").is_file()  # written before failing
+        run_validate(cfg, raw / "bad", tmp_path / "out")
+    assert (tmp_path / "out" / "quarantine.jsonl").is_file()  # written before failing, for the user to read
 
 
 def test_clean_corpus_passes_whole(corpus: Path, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     shutil.copytree(corpus, raw / "synth")
-    out = run_validate(ValidateConfig(raw_dir=str(raw), out_dir=str(tmp_path / "v"), data_docs=False))
+    out = run_validate(ValidateConfig(data_docs=False), raw / "synth", tmp_path / "v")
     for split in ("train", "val", "test"):
         assert (out / f"{split}.jsonl").read_bytes() == (corpus / f"{split}.jsonl").read_bytes()
     assert read_manifest(out / "quarantine.jsonl") == []

@@ -17,10 +17,10 @@ from nvila_model.deltaloss.prune import run_prune
 from nvila_model.deltaloss.stage import run_score
 
 
-def _score_cfg(root, out, **kw) -> ScoreConfig:
-    return ScoreConfig(manifest=str(root / "train.jsonl"), out_dir=str(out), small_checkpoint=str(root / "small"),
-                       large_checkpoint=str(root / "large"), batch_size=4, micro_batch_size=3,
-                       ray=RayConfig(num_actors=0), **kw)
+def _score(root, out, **kw):
+    cfg = ScoreConfig(small_checkpoint=str(root / "small"), large_checkpoint=str(root / "large"), batch_size=4,
+                      micro_batch_size=3, ray=RayConfig(num_actors=0), **kw)
+    return run_score(cfg, data=root, out=out, scorers=out.parent / "scorers", tokenizer=root)
 
 
 def test_batched_scorer_matches_one_sample_forward(colour_corpus, processor):
@@ -37,7 +37,7 @@ def test_batched_scorer_matches_one_sample_forward(colour_corpus, processor):
 
 
 def test_fitted_sample_scores_positive_and_is_kept(colour_corpus, tmp_path):
-    out = run_score(_score_cfg(colour_corpus, tmp_path / "scores"))
+    out = _score(colour_corpus, tmp_path / "scores")
     scores = pd.read_parquet(out / "scores.parquet").set_index("id")
     assert list(scores.columns) == ["subset", "logp_small", "logp_large", "score", "num_tokens", "defect"]
     assert scores.loc["fit", "score"] > 1.0
@@ -45,9 +45,8 @@ def test_fitted_sample_scores_positive_and_is_kept(colour_corpus, tmp_path):
     assert np.allclose(scores["score"], scores["logp_large"] - scores["logp_small"])
     assert {p.name for p in out.glob("hist-*.png")} == {"hist-colour.png", "hist-shape.png"}
     assert json.loads((out / "manifest.json").read_text())["stage"] == "score"
-    pruned = run_prune(PruneConfig(scores=str(out / "scores.parquet"), manifest=str(colour_corpus / "train.jsonl"),
-                                   out_dir=str(tmp_path / "pruned"), keep_ratios=[0.5]))
-    kept = [r["id"] for r in read_manifest(pruned / "deltaloss-0.5" / "train.jsonl")]
+    pruned = run_prune(PruneConfig(keep_ratio=0.5), data=colour_corpus, scores=out, out=tmp_path / "pruned")
+    kept = [r["id"] for r in read_manifest(pruned / "train.jsonl")]
     assert "fit" in kept and len(kept) == 4  # colour: 2 of 3, shape: 2 of 3
 
 
@@ -61,6 +60,6 @@ def test_unloadable_record_keeps_its_row_with_nan(colour_corpus, tmp_path):
 
 def test_bad_config_raises(colour_corpus, tmp_path):
     with pytest.raises(ValueError, match="both small_checkpoint and large_checkpoint"):
-        run_score(ScoreConfig(manifest=str(colour_corpus / "train.jsonl"), small_checkpoint="x"))
+        ScoreConfig(small_checkpoint="x")
     with pytest.raises(ValueError, match="not a checkpoint directory"):
         CheckpointScorer(tmp_path, colour_corpus)

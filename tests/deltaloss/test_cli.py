@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nvila_model.deltaloss import cli
-from nvila_model.deltaloss.config import PruneConfig, ScoreConfig
+from nvila_model.deltaloss.config import RayConfig, ScoreConfig
 from nvila_model.params import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,37 +30,35 @@ def test_help(command):
     assert "params" in result.output
 
 
-def test_shipped_params_load_and_validate():
-    load_config("score", ScoreConfig, REPO / "params.yaml").validate()
-    load_config("prune", PruneConfig, REPO / "params.yaml").validate()
+def test_shipped_params_load():
+    assert load_config("score", REPO / "params.yaml").ray.num_actors >= 0
+    assert 0 < load_config("prune", REPO / "params.yaml").keep_ratio <= 1
 
 
 def test_unknown_key_is_rejected(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"score": {"ray": {"actors": 2}}}))
-    with pytest.raises(ValueError, match="unknown key"):
-        load_config("score", ScoreConfig, tmp_path / "params.yaml")
+    with pytest.raises(ValueError, match=r"score\.ray\.actors: unknown key"):
+        load_config("score", tmp_path / "params.yaml")
 
 
 def test_prune_command_runs_from_params(colour_corpus, tmp_path):
-    from nvila_model.deltaloss.config import RayConfig
     from nvila_model.deltaloss.stage import run_score
 
-    scores = run_score(ScoreConfig(manifest=str(colour_corpus / "train.jsonl"), out_dir=str(tmp_path / "s"),
-                                   small_checkpoint=str(colour_corpus / "small"),
-                                   large_checkpoint=str(colour_corpus / "large"), ray=RayConfig(num_actors=0)))
-    params = {"prune": {"scores": str(scores / "scores.parquet"), "manifest": str(colour_corpus / "train.jsonl"),
-                        "out_dir": str(tmp_path / "p"), "keep_ratios": [0.7]}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = CliRunner().invoke(_app(), ["prune", "--params", str(tmp_path / "params.yaml"), "--keep-ratio", "0.5"])
+    scores = run_score(ScoreConfig(small_checkpoint=str(colour_corpus / "small"),
+                                   large_checkpoint=str(colour_corpus / "large"), ray=RayConfig(num_actors=0)),
+                       data=colour_corpus, out=tmp_path / "s", scorers=tmp_path / "scorers", tokenizer=tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"prune": {"keep_ratio": 0.5}}))
+    result = CliRunner().invoke(_app(), ["prune", "--params", str(tmp_path / "params.yaml"), "--data",
+                                         str(colour_corpus), "--scores", str(scores), "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "p").iterdir() if p.is_dir()) == [
-        "deltaloss-0.5", "deltaloss-0.7", "random-0.5", "random-0.7"]
+    assert json.loads((tmp_path / "p" / "summary.json").read_text())["keep_ratio"] == 0.5
+    assert json.loads((tmp_path / "scorers" / "scorers.json").read_text())["bootstrap"] is False
 
 
 def test_a_missing_scorer_checkpoint_is_one_clear_error_before_ray(colour_corpus, tmp_path):
     from nvila_model.deltaloss.stage import run_score
 
-    cfg = ScoreConfig(manifest=str(colour_corpus / "train.jsonl"), out_dir=str(tmp_path / "s"),
-                      small_checkpoint=str(tmp_path / "missing"), large_checkpoint=str(colour_corpus / "large"))
+    cfg = ScoreConfig(small_checkpoint=str(tmp_path / "missing"), large_checkpoint=str(colour_corpus / "large"))
     with pytest.raises(ValueError, match=r"missing: not an NVILA checkpoint \(no config.json\)"):
-        run_score(cfg)  # ray.num_actors is 2: without the up-front check this was a Ray ActorDiedError
+        # ray.num_actors is 2: without the up-front check this was a Ray ActorDiedError
+        run_score(cfg, data=colour_corpus, out=tmp_path / "s", scorers=tmp_path / "scorers", tokenizer=tmp_path)

@@ -11,7 +11,7 @@ import pytest
 
 from nvila_model.data.manifest import default_media_root, media_paths, read_manifest, write_jsonl
 from nvila_model.deltaloss.config import PruneConfig
-from nvila_model.deltaloss.prune import keep_count, point_dir, run_prune, select
+from nvila_model.deltaloss.prune import keep_count, run_prune, select
 
 SIZES = {"color": 37, "count": 20, "ocr": 9}
 
@@ -64,26 +64,27 @@ def test_random_baseline_is_seeded():
     assert a != select(scores, "deltaloss", 0.5, [], seed=7)
 
 
-def _corpus(tmp_path: Path) -> PruneConfig:
+def _corpus(tmp_path: Path) -> dict[str, Path]:
+    """A validated corpus folder and a score folder for it: the prune stage's inputs."""
     scores = _scores()
     records = [{"id": i, "subset": s, "image": f"images/{i}.png", "conversations": []}
                for i, s in zip(scores["id"], scores["subset"], strict=True)]
     records[0]["defect"] = "noise"
     scores.loc[0, "score"] = -50.0
     write_jsonl(records, tmp_path / "validated" / "train.jsonl")
-    scores.to_parquet(tmp_path / "scores.parquet")
-    return PruneConfig(scores=str(tmp_path / "scores.parquet"), manifest=str(tmp_path / "validated" / "train.jsonl"),
-                       out_dir=str(tmp_path / "pruned"), keep_ratios=[0.9, 0.5], keep_ratio=0.7,
-                       protected_subsets=["ocr"])
+    (tmp_path / "scores").mkdir()
+    scores.to_parquet(tmp_path / "scores" / "scores.parquet")
+    return {"data": tmp_path / "validated", "scores": tmp_path / "scores"}
 
 
-def test_run_prune_writes_points_deterministically(tmp_path):
-    cfg = _corpus(tmp_path)
-    run_prune(cfg)
-    first = {p: (Path(cfg.out_dir) / p).read_text() for p in ("random-0.5/train.jsonl", "deltaloss-0.7/train.jsonl")}
-    run_prune(cfg)
-    assert first == {p: (Path(cfg.out_dir) / p).read_text() for p in first}
-    point = point_dir(cfg.out_dir, "deltaloss", 0.5)
+def test_run_prune_writes_the_subset_deterministically(tmp_path):
+    inputs = _corpus(tmp_path)
+    cfg = PruneConfig(keep_ratio=0.5, protected_subsets=["ocr"])
+    random_a = run_prune(PruneConfig(keep_ratio=0.5, method="random"), **inputs, out=tmp_path / "r")
+    first = (random_a / "train.jsonl").read_text()
+    assert (run_prune(PruneConfig(keep_ratio=0.5, method="random"), **inputs, out=tmp_path / "r") / "train.jsonl"
+            ).read_text() == first
+    point = run_prune(cfg, **inputs, out=tmp_path / "pruned")
     summary = json.loads((point / "summary.json").read_text())
     assert summary["subsets"]["ocr"] == {"total": 9, "kept": 9}
     assert summary["subsets"]["color"] == {"total": 37, "kept": 19}
@@ -93,17 +94,18 @@ def test_run_prune_writes_points_deterministically(tmp_path):
     assert len(kept) == summary["num_kept"] == 19 + 10 + 9
     [media] = media_paths(kept[0], default_media_root(point / "train.jsonl"))
     assert media.resolve() == (tmp_path / "validated" / "images" / f"{kept[0]['id']}.png")
-    points = json.loads((Path(cfg.out_dir) / "summary.json").read_text())["points"]
-    assert sorted((p["method"], p["keep_ratio"]) for p in points) == sorted(
-        (m, r) for m in ("deltaloss", "random") for r in (0.9, 0.7, 0.5))
+    lower = run_prune(PruneConfig(keep_ratio=0.3, protected_subsets=["ocr"]), **inputs, out=tmp_path / "lower")
+    assert {r["id"] for r in read_manifest(lower / "train.jsonl")} < {r["id"] for r in kept}
 
 
 def test_bad_inputs_raise(tmp_path):
-    cfg = _corpus(tmp_path)
-    with pytest.raises(ValueError, match="unknown method"):
-        run_prune(PruneConfig(**{**cfg.__dict__, "methods": ["loss"]}))
+    inputs = _corpus(tmp_path)
+    with pytest.raises(ValueError, match="Input should be 'deltaloss' or 'random'"):
+        PruneConfig(method="loss")
     with pytest.raises(ValueError, match="no such subset"):
-        run_prune(PruneConfig(**{**cfg.__dict__, "protected_subsets": ["video"]}))
-    pd.read_parquet(cfg.scores).iloc[:-1].to_parquet(cfg.scores)
+        run_prune(PruneConfig(protected_subsets=["video"]), **inputs, out=tmp_path / "p")
+    table = inputs["scores"] / "scores.parquet"
+    pd.read_parquet(table).iloc[:-1].to_parquet(table)
     with pytest.raises(ValueError, match="1 manifest ids unscored"):
-        run_prune(cfg)
+        run_prune(PruneConfig(), **inputs, out=tmp_path / "p")
+    assert not (tmp_path / "p").exists()

@@ -114,9 +114,9 @@ def test_qlora_refused_clearly_without_bitsandbytes_gpu(tiny_model: nn.Module) -
 
 def test_bad_config_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="finetune.mode 'dora' unknown"):
-        FinetuneConfig(mode="dora").validate()
+        FinetuneConfig(mode="dora")
     with pytest.raises(ValueError, match="vision_lr_ratio"):
-        FinetuneConfig(vision_lr_ratio=2.0).validate()
+        FinetuneConfig(vision_lr_ratio=2.0)
 
 
 def test_model_state_bytes_counts_weights_grads_and_adam(tiny_model: nn.Module) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import typer
@@ -40,19 +41,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch) -> None
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # main() defaults it off a terminal; keep it to this test
-    monkeypatch.setattr("sys.argv", ["nvila", "prune", "--params", "missing.yaml"])
+    monkeypatch.setattr("sys.argv", ["nvila", "prune", "--params", "missing.yaml", "--data", "d", "--scores", "s",
+                                     "--out", "o"])
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == 2
     assert capsys.readouterr().err.strip() == "nvila: error: missing.yaml: params file not found"
-    monkeypatch.setattr("sys.argv", ["nvila", "train", "nosuchstage"])
+    argv = list(sys.argv)
+    monkeypatch.setattr("sys.argv", ["nvila", "train", "nosuchstage", "--out", "o"])
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == 2
-    assert capsys.readouterr().err.strip() == ("nvila: error: unknown stage 'nosuchstage'; choose one of "
+    assert capsys.readouterr().err.strip() == ("nvila: error: train: unknown stage 'nosuchstage'; choose one of "
                                                "['projector_init', 'vision_pretrain', 'token_pretrain', "
                                                "'image_sft', 'video_sft']")
-    monkeypatch.setattr("sys.argv", ["nvila", "prune", "--params", "missing.yaml"])
+    monkeypatch.setattr("sys.argv", argv)
     monkeypatch.setenv("NVILA_DEBUG", "1")
     with pytest.raises(ValueError, match="params file not found"):
         main()

@@ -33,7 +33,11 @@ async def _wait_for_deployment(name: str, timeout: float, api: str) -> None:
     raise TimeoutError(f"deployment {name} not registered within {timeout} s")
 
 
-def test_served_deployment_runs(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_served_deployment_runs_a_real_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.orchestration.conftest import git_project, point_env_at
+
+    project = git_project(tmp_path / "project", {"generate": {"scale": 0.02}})
+    point_env_at(monkeypatch, project)
     port = free_port()
     home = tmp_path / "prefect-home"
     env = prefect_env(port, home)
@@ -56,7 +60,7 @@ def test_served_deployment_runs(project: Path, tmp_path: Path, monkeypatch: pyte
         with temporary_settings(updates={PREFECT_API_URL: api}):
             asyncio.run(_wait_for_deployment(DEPLOYMENT, 120, api))
             asyncio.run(_wait_for_deployment("pruning-sweep/nvila-sweep", 30, api))  # served beside it
-            flow_run = run_deployment(DEPLOYMENT, parameters={"stages": []}, timeout=240)
+            flow_run = run_deployment(DEPLOYMENT, parameters={"stages": ["generate"]}, timeout=240)
         assert flow_run.state is not None and flow_run.state.is_completed(), (
             f"{flow_run.state}\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
         )
@@ -69,4 +73,11 @@ def test_served_deployment_runs(project: Path, tmp_path: Path, monkeypatch: pyte
     runs = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_runs(
         [MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment_by_name("nvila").experiment_id]
     )
-    assert [r.data.tags["prefect.flow_run_id"] for r in runs] == [str(flow_run.id)]
+    assert [r.data.tags["prefect.flow_run_id"] for r in runs if r.data.tags.get("kind") == "pipeline"] == [
+        str(flow_run.id)]
+    stage_runs = [r for r in runs if r.info.run_name == "generate"]
+    assert len(stage_runs) == 1 and stage_runs[0].data.tags["cached"] == "false"  # the stage really ran
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project, capture_output=True,
+                           text=True, check=True).stdout
+    assert f'"{flow_run.name}"' in shown, "the triggered run is a DVC experiment of the project"
+    assert not (project / "data/raw/synth").exists(), "a run from the UI leaves the working tree alone"

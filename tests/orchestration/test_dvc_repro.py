@@ -1,14 +1,12 @@
 """`dvc repro` in a fresh clone: the cheap head of the pipeline runs, a second repro is a no-op, and
 `dvc exp run -S <param>` re-runs only the stage that reads it (its upstream is skipped).
 
-A clone holds committed files only; set NVILA_TEST_CLONE_WORKTREE=1 to overlay the uncommitted working tree
-(what the next commit will hold). The test skips while the stage code it needs is absent from the clone.
+The clone holds the committed files plus the uncommitted working tree (what the next commit will hold).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,22 +26,13 @@ def _sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def _clone(dest: Path) -> Path:
-    subprocess.run(["git", "clone", "-q", str(REPO), str(dest)], check=True)
-    if os.environ.get("NVILA_TEST_CLONE_WORKTREE") == "1":
-        listed = subprocess.run(["git", "ls-files", "-m", "-o", "--exclude-standard"], cwd=REPO, check=True,
-                                capture_output=True, text=True).stdout.split()
-        for rel in listed:
-            if (REPO / rel).is_file():
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / rel, dest / rel)
-    return dest
+    from tests.orchestration.conftest import clone_repo
+
+    return clone_repo(dest)
 
 
 def test_dvc_repro_in_fresh_clone(tmp_path: Path) -> None:
     clone = _clone(tmp_path / "clone")
-    for needed in ("dvc.yaml", ".dvc/config", "nvila_model/data/generate.py", "nvila_model/data/validate.py"):
-        if not (clone / needed).exists():
-            pytest.skip(f"{needed} is not committed yet")
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(clone),
            "NVILA_PROJECT_DIR": str(clone), "DVC_NO_ANALYTICS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache"),
@@ -66,13 +55,6 @@ def test_dvc_repro_in_fresh_clone(tmp_path: Path) -> None:
     assert any((clone / ".dvc_remote").rglob("*")), "nothing pushed to the local remote"
 
 
-SHRINK = {
-    "generate": {"scale": 0.2},
-    "score": {"bootstrap": {"small_steps": 2, "large_steps": 2, "share": 0.05}},
-    **{stage: {"max_steps": 15, "logging_steps": 5} for stage in
-       ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")},
-    "eval": {"limit_per_subset": 2},
-}
 PRETRAINING = ("score", "projector_init", "vision_pretrain", "token_pretrain")
 
 
@@ -88,9 +70,12 @@ def test_dvc_exp_run_trains_one_sweep_point(tmp_path: Path, shrink_params) -> No
            "NVILA_PROJECT_DIR": str(clone), "DVC_NO_ANALYTICS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "XDG_CONFIG_HOME": str(tmp_path / "config"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "2"}
+    from tests.orchestration.conftest import SHRINK
+
     params = clone / "params.yaml"
     shrink_params(params, SHRINK)
-    _sh(["git", "commit", "-qam", "shrink the pipeline for the test"], clone, env)
+    _sh(["git", "add", "-A"], clone, env)
+    _sh(["git", "commit", "-qm", "shrink the pipeline for the test"], clone, env)
 
     first = _sh(["dvc", "repro", "eval"], clone, env)
     for stage in (*PRETRAINING, "prune", "image_sft", "video_sft", "eval"):
@@ -103,4 +88,5 @@ def test_dvc_exp_run_trains_one_sweep_point(tmp_path: Path, shrink_params) -> No
     for stage in PRETRAINING:
         assert f"Running stage '{stage}'" not in point, f"{stage} should be skipped:\n{point}"
     meta = json.loads((clone / "runs/image_sft/meta.json").read_text())
-    assert meta["inputs"]["pruned"]["path"] == "data/pruned/deltaloss-0.5/train.jsonl"
+    assert meta["inputs"]["pruned"]["path"] == "data/pruned/train.jsonl"
+    assert json.loads((clone / "data/pruned/summary.json").read_text())["keep_ratio"] == 0.5

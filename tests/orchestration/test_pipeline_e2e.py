@@ -1,80 +1,185 @@
-"""End to end: the real pipeline flow on the tiny preset under the Prefect test harness, MLflow in a temp folder.
+"""End to end, shrunk: pipeline runs are DVC experiments, restored from DVC's cache when unchanged, tracked in MLflow.
 
-Runs every stage whose library entry point has landed (the longest such prefix of the pipeline order), then checks
-the stage outputs, the MLflow run tree (one parent, one child per stage, tags), the eval metrics, the Prefect
-artifact and the model registry; a second run hits the cache for every stage.
-
-The same tiny preset and code as `make run`, with smaller numbers (fewer samples and steps, `SMOKE`) so the test
-checks the orchestration in minutes; NVILA_E2E_FULL=1 runs params.yaml unchanged.
+One project for the module (a committed clone with a shrunk params.yaml), so the later runs find the first run's
+stages in the DVC run-cache, as a user's second run would:
+1. a full run applied to the working tree: `dvc status` clean, the experiment in `dvc exp show`, every plot;
+2. keep ratio 0.5, up to eval: everything upstream of prune restored (no training step ran), SFT on the 0.5 subset;
+3. a partial run: tagged partial, the latest evaluation artifact left alone;
+4. two runs at once from the command line, keep 0.5 and `--set prune.keep_ratio=0.7`: both complete, each
+   experiment holds its own subset and metrics;
+and every stage command reads only code and params its dvc.yaml stage lists.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+from tests.orchestration.conftest import git_project, point_env_at
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+UPSTREAM_OF_PRUNE = ("generate", "validate", "tokenizer", "score", "projector_init", "vision_pretrain",
+                     "token_pretrain")
 
 
-SMOKE = {
-    "generate": {"scale": 0.2},
-    "score": {"bootstrap": {"small_steps": 2, "large_steps": 2, "share": 0.05}},
-    **{stage: {"max_steps": 30, "logging_steps": 10} for stage in
-       ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")},
-    "eval": {"limit_per_subset": 2},
-    "finetune": {"max_steps": 2},
-    "quantize": {"vision": {"num_calib_samples": 4}, "llm": {"num_calib_samples": 8}},
-}
+def _dvc(args: list[str], root: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc.stdout
 
 
-def _landed() -> list[str]:
-    from tasks.stages import ORDER, available
+def _experiments(root: Path) -> dict[str, dict]:
+    """name -> {params, metrics} of every experiment `dvc exp show` lists."""
+    found = {}
+    for commit in json.loads(_dvc(["exp", "show", "--json"], root)):
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                found[rev["name"]] = {"rev": rev["rev"], "params": data["params"]["params.yaml"]["data"],
+                                      "metrics": {k: v.get("data") for k, v in data["metrics"].items()}}
+    return found
 
-    prefix = []
-    for stage in ORDER:
-        if not available(stage):
-            break
-        prefix.append(stage)
-    return prefix
+
+def _read(root: Path, path: str, rev: str) -> dict:
+    import dvc.api
+
+    return json.loads(dvc.api.read(path, repo=str(root), rev=rev))
 
 
-def test_pipeline_flow_tiny(project: Path, latest_artifact, shrink_params) -> None:
-    from mlflow.tracking import MlflowClient
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The three in-process runs of the module's project (under the Prefect test harness)."""
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.pipeline import nvila_pipeline
+    from tests.orchestration.conftest import _latest_artifact
 
-    stages = _landed()
-    if not stages:
-        pytest.skip("no stage entry point has landed yet")
-    if os.environ.get("NVILA_E2E_FULL") != "1":
-        shrink_params(project / "params.yaml", SMOKE)
-    with prefect_test_harness(server_startup_timeout=120):
-        result = nvila_pipeline(stages=stages, preset="tiny")
-        again = nvila_pipeline(stages=stages, preset="tiny")
-        artifact = latest_artifact("nvila-eval")
+    root = git_project(tmp_path_factory.mktemp("e2e") / "project")
+    with pytest.MonkeyPatch.context() as patch:
+        point_env_at(patch, root)
+        patch.setenv("NVILA_TRACE", str(root / "trace.jsonl"))
+        with prefect_test_harness(server_startup_timeout=180):
+            first = nvila_pipeline(apply=True)
+            status = _dvc(["status"], root)
+            second = nvila_pipeline(keep_ratio=0.5, stages=["eval"])
+            artifact = _latest_artifact("nvila-eval")
+            partial = nvila_pipeline(stages=["validate"])
+            after_partial = _latest_artifact("nvila-eval")
+    return {"root": root, "first": first, "status": status, "second": second, "artifact": artifact,
+            "partial": partial, "after_partial": after_partial}
 
-    for stage in stages:
-        assert Path(result[stage]).exists(), f"{stage}: no output at {result[stage]}"
-    assert again[stages[-1]] == result[stages[-1]]
 
-    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    parent = client.get_run(result["mlflow_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.tags["prefect.flow_run_id"]
-    assert parent.data.tags["git.revision"]
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in children) == sorted(stages)
-    assert all(r.info.status == "FINISHED" and r.data.tags["output.sha256"] for r in children)
-    rerun = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{again['mlflow_run_id']}'")
-    assert all(r.data.tags.get("cached") == "true" for r in rerun), "second run should hit the cache everywhere"
+def test_a_run_is_an_experiment_and_leaves_the_working_tree_reproducible(runs):
+    root, first = runs["root"], runs["first"]
+    assert first["stages"] and set(first["stages"].values()) == {"ran"}, "a fresh project computes every stage"
+    assert first["applied"] and "up to date" in runs["status"]
+    assert "Stage" not in _dvc(["repro", "--dry"], root).replace("didn't change", "")
+    exps = _experiments(root)
+    assert exps[first["experiment"]]["params"]["prune"]["keep_ratio"] == 0.9
+    assert 0 <= exps[first["experiment"]]["metrics"]["runs/eval/metrics.json"]["acc_mean"] <= 1
+    plots = json.loads(_dvc(["plots", "show", "--json"], root))
+    assert not plots.get("errors") and len([p for p in plots["data"] if p.endswith("log_history.json")]) == 5
+    assert (root / "runs/eval/metrics.json").is_file() and (root / "dvc.lock").is_file()
 
-    assert artifact is not None and "NVILA pipeline" in artifact
-    if "eval" in stages:
-        assert any(k.startswith("trained.") for k in parent.data.metrics)
-        assert "| metric |" in artifact
-        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-        assert "plots/accuracy_per_subset.png" in artifacts and "plots/loss_curves.png" in artifacts
-        version = client.get_model_version_by_alias("nvila-tiny", "best")
-        assert version.run_id in {result["mlflow_run_id"], again["mlflow_run_id"]}
+
+def test_a_second_run_restores_what_is_unchanged_and_trains_on_its_own_subset(runs):
+    root, first, second = runs["root"], runs["first"], runs["second"]
+    assert [s for s, how in second["stages"].items() if how == "restored"] == list(UPSTREAM_OF_PRUNE)
+    assert [s for s, how in second["stages"].items() if how == "ran"] == ["prune", "image_sft", "video_sft", "eval"]
+    exp = _experiments(root)[second["experiment"]]
+    assert exp["params"]["prune"]["keep_ratio"] == 0.5
+    assert _read(root, "data/pruned/summary.json", exp["rev"])["keep_ratio"] == 0.5
+    meta = _read(root, "runs/image_sft/meta.json", exp["rev"])
+    assert meta["inputs"]["pruned"]["path"] == "data/pruned/train.jsonl"
+    full = _read(root, "runs/image_sft/meta.json", _experiments(root)[first["experiment"]]["rev"])
+    assert meta["num_train_records"] == pytest.approx(full["num_train_records"] * 0.5 / 0.9, abs=10)
+    assert second["train_cost"]["image_sft"]["train_records"] == meta["num_train_records"]
+    # `dvc exp apply` of the first run, then `dvc repro`: nothing to recompute (restored from the cache)
+    _dvc(["exp", "apply", first["experiment"]], root)
+    assert "Running stage" not in _dvc(["repro"], root)
+
+
+def test_mlflow_records_each_run_with_its_effective_params_and_where_restored_stages_came_from(runs):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{runs['root'] / 'mlflow.db'}")
+    mlflow.set_tracking_uri(client.tracking_uri)
+    parents = mlflow.search_runs(experiment_names=["nvila"], filter_string="tags.kind = 'pipeline'")  # README
+    assert len(parents) == 3
+    by_id = {row["run_id"]: row for _, row in parents.iterrows()}
+    first, second = by_id[runs["first"]["mlflow_run_id"]], by_id[runs["second"]["mlflow_run_id"]]
+    assert first["params.keep_ratio"] == "0.9" and second["params.keep_ratio"] == "0.5"
+    assert second["params.prune.keep_ratio"] == "0.5" and second["params.preset"] == "tiny"
+    assert second["tags.dvc.experiment"] == runs["second"]["experiment"] and second["tags.git.revision"]
+    assert any(k.startswith("tags.dvc.runs/") for k in second.index) and second["tags.partial"] == "true"
+    assert "metrics.trained.acc_mean" in second and second["status"] == "FINISHED"
+    children = {r.info.run_name: r for r in client.search_runs(
+        [first["experiment_id"]], f"tags.mlflow.parentRunId = '{second['run_id']}'")}
+    first_children = {r.info.run_name: r.info.run_id for r in client.search_runs(
+        [first["experiment_id"]], f"tags.mlflow.parentRunId = '{first['run_id']}'")}
+    for stage in UPSTREAM_OF_PRUNE:
+        tags = children[stage].data.tags
+        assert tags["cached"] == "true" and tags["cached_from"] == first_children[stage], stage
+        assert "loss" not in children[stage].data.metrics, f"{stage}: restored, no training step ran"
+    assert children["image_sft"].data.tags["cached"] == "false" and "loss" in children["image_sft"].data.metrics
+    assert client.get_model_version_by_alias("nvila-tiny", "best").run_id in by_id
+
+
+def test_a_partial_run_is_tagged_and_leaves_the_evaluation_artifact_alone(runs):
+    assert runs["partial"]["stages"] == {"generate": "restored", "validate": "restored"}
+    assert runs["after_partial"] == runs["artifact"] and "NVILA pipeline: evaluation" in runs["artifact"]
+    assert runs["second"]["experiment"] in runs["artifact"]
+
+
+def test_every_stage_command_reads_only_what_its_dvc_stage_lists(runs):
+    from dvc.repo import Repo
+
+    root = runs["root"]
+    with Repo(str(root)) as repo:
+        stages = {tuple(shlex.split(s.cmd)[1:]): s for s in repo.index.stages}
+    traced = [json.loads(line) for line in (root / "trace.jsonl").read_text().splitlines()]
+    seen = set()
+    for record in traced:
+        stage = stages.get(tuple(record["argv"]))
+        if stage is None:
+            continue
+        seen.add(stage.name)
+        deps = [str(Path(d.def_path)) for d in stage.deps]
+        for module in record["modules"]:
+            if not module.startswith("nvila_model/") or module.endswith(("__init__.py", "/cli.py")):
+                continue
+            assert any(module == d or module.startswith(d.rstrip("/") + "/") for d in deps), (
+                f"{stage.name} runs {module}, which its dvc.yaml deps do not list")
+        params = {key for entry in stage.params for key in entry.params}
+        assert set(record["keys"]) <= params, f"{stage.name} reads params {set(record['keys']) - params} not listed"
+    assert seen == {s.name for s in stages.values()}, "every stage ran at least once under the trace"
+
+
+def test_two_runs_at_once_keep_their_own_subsets(runs):
+    root = runs["root"]
+    env = {**os.environ, "NVILA_PROJECT_DIR": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "PYTHONPATH": str(root)}
+    nvila = [sys.executable, "-m", "flows.cli", "pipeline", "run", "--stages", "eval", "--no-apply"]
+    procs = [subprocess.Popen([*nvila, *extra], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for extra in (["--keep-ratio", "0.5", "--prune-method", "random"],
+                                                       ["--set", "prune.keep_ratio=0.7"])]
+    outputs = [p.communicate(timeout=1800)[0] for p in procs]
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out[-3000:]
+    exps = _experiments(root)
+    new = [e for name, e in exps.items() if name not in (runs["first"]["experiment"], runs["second"]["experiment"],
+                                                         runs["partial"]["experiment"])]
+    assert sorted(e["params"]["prune"]["keep_ratio"] for e in new) == [0.5, 0.7]
+    for exp in new:
+        summary = _read(root, "data/pruned/summary.json", exp["rev"])
+        assert summary["keep_ratio"] == exp["params"]["prune"]["keep_ratio"]
+        assert summary["method"] == exp["params"]["prune"]["method"]
+        assert exp["metrics"]["runs/eval/metrics.json"]["num_samples"] > 0
+    assert "dvc status" not in outputs[0] and not list((root / ".nvila" / "workspaces").iterdir())

@@ -165,9 +165,9 @@ def test_cli_quantize_reads_params(tiny_checkpoint: Path, tiny_data: Path, tmp_p
     from flows.cli import app
 
     params = tmp_path / "params.yaml"
-    params.write_text(f"quantize:\n  checkpoint: {tiny_checkpoint}\n  calib_manifest: {tiny_data}\n"
-                      f"  output: {tmp_path / 'q'}\n  num_threads: 1\n  llm: {{group_size: 32, calib_seq_len: 64}}\n")
-    result = CliRunner().invoke(app, ["quantize", "--params", str(params), "--alpha", "0.6", "--no-llm"])
+    params.write_text("quantize:\n  num_threads: 1\n  vision: {alpha: 0.6}\n  llm: {enabled: false}\n")
+    result = CliRunner().invoke(app, ["quantize", "--params", str(params), "--checkpoint", str(tiny_checkpoint),
+                                      "--data", str(tiny_data.parent), "--out", str(tmp_path / "q")])
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "q" / "meta.json").read_text())
     assert meta["vision"]["alpha"] == 0.6 and meta["llm"] is None

@@ -9,9 +9,8 @@ import yaml
 
 DATASETS = {
     "entries": {
-        "synth-image": {"manifest": "data/raw/synth/{split}.jsonl",
-                        "subsets": ["attributes", "counting", "spatial", "text", "chart", "compare"]},
-        "synth-video": {"manifest": "data/raw/synth/{split}.jsonl", "subsets": ["motion", "order", "flashes"]},
+        "synth-image": {"subsets": ["attributes", "counting", "spatial", "text", "chart", "compare"]},
+        "synth-video": {"subsets": ["motion", "order", "flashes"]},
     },
     "mixtures": {"synth-all": {"synth-image": 1.0, "synth-video": 1.0}},
 }
@@ -19,8 +18,8 @@ DATASETS = {
 
 def stage_params(stage: str, **overrides) -> dict:
     """Small but real settings for `stage` (fp32, few steps, frequent checkpoints)."""
-    base = {"out_dir": f"runs/{stage}", "datasets": ["synth-all"], "batch_size": 4, "max_steps": 4,
-            "logging_steps": 2, "save_steps": 2, "precision": "fp32", "max_length": 512}
+    base = {"datasets": ["synth-all"], "batch_size": 4, "max_steps": 4, "logging_steps": 2, "save_steps": 2,
+            "precision": "fp32", "max_length": 512}
     modules = {"projector_init": ["projector"], "vision_pretrain": ["vision_tower", "projector"],
                "token_pretrain": ["projector", "language_model"],
                "image_sft": ["vision_tower", "projector", "language_model"],
@@ -32,31 +31,25 @@ def stage_params(stage: str, **overrides) -> dict:
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
-    """A generated corpus (a tenth of the default size) plus tokenizer, in a project-like folder."""
-    from nvila_model.data.generate import GenerateConfig, run_generate
-    from nvila_model.data.registry import DatasetsConfig
-    from nvila_model.params import from_dict
-    from nvila_model.train.config import ModelParams
-    from nvila_model.train.tokenizer_stage import TokenizerConfig, run_tokenizer
+    """A generated corpus (a tenth of the default size) and its tokenizer: `data/raw/synth`, `runs/tokenizer`."""
+    from nvila_model.data.config import DatasetsConfig, GenerateConfig
+    from nvila_model.data.generate import run_generate
+    from nvila_model.train.config import ModelParams, TokenizerConfig
+    from nvila_model.train.tokenizer_stage import run_tokenizer
 
     root = tmp_path_factory.mktemp("project")
-    run_generate(GenerateConfig(out_dir=str(root / "data/raw"), scale=0.1, seed=3))
-    datasets = from_dict(DatasetsConfig, _absolute(DATASETS, root))
-    run_tokenizer(TokenizerConfig(out_dir=str(root / "runs/tokenizer")), ModelParams(), datasets)
+    data = run_generate(GenerateConfig(scale=0.1, seed=3), root / "data/raw/synth")
+    run_tokenizer(TokenizerConfig(), ModelParams(), DatasetsConfig(**DATASETS), data, root / "runs/tokenizer")
     return root
-
-
-def _absolute(datasets: dict, root: Path) -> dict:
-    entries = {k: v | {"manifest": str(root / v["manifest"])} for k, v in datasets["entries"].items()}
-    return {"entries": entries, "mixtures": datasets["mixtures"]}
 
 
 @pytest.fixture()
 def project(corpus_dir, tmp_path, monkeypatch) -> Path:
-    """A working directory whose params.yaml points at the shared corpus and tokenizer."""
-    params = {"model": {"preset": "tiny"}, "datasets": _absolute(DATASETS, corpus_dir)}
-    for stage in ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft"):
-        params[stage] = stage_params(stage, tokenizer_dir=str(corpus_dir / "runs/tokenizer"))
+    """A working directory with a params.yaml of small stage settings; the corpus and tokenizer are shared."""
+    params = {"seed": 0, "model": {"preset": "tiny"}, "datasets": DATASETS,
+              **{stage: stage_params(stage) for stage in
+                 ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NVILA_WORK_DIR", str(tmp_path / ".nvila" / "work"))
     return tmp_path

@@ -42,8 +42,3 @@ def test_eval_run_writes_flat_metrics_and_predictions(project, corpus_dir):
     assert metrics["visual_tokens_per_sample"] > 0 and metrics["decode_tokens_per_s"] > 0
     rows = [json.loads(line) for line in (out.parent / "eval/predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 18 and {"id", "subset", "prediction", "answer", "correct"} <= set(rows[0])
-
-
-def test_a_missing_subsets_file_is_named_before_loading_anything(tmp_path):
-    with pytest.raises(ValueError, match=r"missing.json: eval.subsets_file not found"):
-        run_eval(EvalConfig(checkpoint=str(tmp_path / "nothing"), subsets_file=str(tmp_path / "missing.json")))

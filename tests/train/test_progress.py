@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from nvila_model.data.registry import DatasetsConfig
-from nvila_model.params import load_config
-from nvila_model.train.config import ModelParams, StageConfig
+from nvila_model.params import load_params
+from nvila_model.train.config import StageConfig
 from nvila_model.train.stage import run_stage, training_arguments
+from tests.train.conftest import stage_params
 
 
 def test_tqdm_follows_the_terminal(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -18,16 +18,18 @@ def test_tqdm_follows_the_terminal(tmp_path, monkeypatch: pytest.MonkeyPatch) ->
         def isatty(self) -> bool:
             return True
 
-    cfg = StageConfig(out_dir=str(tmp_path), train_modules=["projector"], lr={"projector": 1e-3}, datasets=["x"])
+    cfg = StageConfig(train_modules=["projector"], lr={"projector": 1e-3}, datasets=["x"])
     monkeypatch.setattr("sys.stderr", Tty())
     assert training_arguments(cfg, tmp_path, bf16=False).disable_tqdm is False
     monkeypatch.setattr("sys.stderr", io.StringIO())
     assert training_arguments(cfg, tmp_path, bf16=False).disable_tqdm is True
 
 
-def test_a_stage_without_a_terminal_prints_progress_lines(project, capsys) -> None:
-    cfg = load_config("projector_init", StageConfig, overrides={"max_steps": 2, "logging_steps": 1})
-    run_stage("projector_init", cfg, load_config("model", ModelParams), load_config("datasets", DatasetsConfig))
+def test_a_stage_without_a_terminal_prints_progress_lines(project, corpus_dir, capsys) -> None:
+    configs = load_params("params.yaml", keys=["model", "datasets"])
+    cfg = StageConfig(**stage_params("projector_init", max_steps=2, logging_steps=1))
+    run_stage("projector_init", cfg, configs["model"], configs["datasets"], data=corpus_dir / "data/raw/synth",
+              out="runs/projector_init", tokenizer=corpus_dir / "runs/tokenizer")
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
     # no training bar (model-saving bars are turned off by the entry point's configure_console, not tested here)

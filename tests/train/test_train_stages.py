@@ -1,7 +1,9 @@
-"""Training stages: only the named modules change, LR groups follow the config, FP8 emulation, NaN guard, resume."""
+"""Training stages: only the named modules change, LR groups follow the config, FP8 emulation, NaN guard, resume,
+and a stage never loses its last good output."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,48 +15,57 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nvila_model.data.registry import DatasetsConfig
-from nvila_model.params import load_config
-from nvila_model.train.config import MODULES, ModelParams, StageConfig
+from nvila_model.params import load_params
+from nvila_model.train.config import MODULES, StageConfig
 from nvila_model.train.hf_trainer import NonFiniteLossError, module_param_groups
 from nvila_model.train.precision import is_fp8_target
 from nvila_model.train.stage import build_model, run_stage
+from tests.train.conftest import stage_params
 
 
 def _load(stage: str, **overrides):
-    cfg = load_config(stage, StageConfig, overrides=overrides)
-    return cfg, load_config("model", ModelParams), load_config("datasets", DatasetsConfig)
+    configs = load_params("params.yaml", keys=[stage, "model", "datasets"])
+    cfg = StageConfig(**(stage_params(stage) | overrides)) if overrides else configs[stage]
+    return cfg, configs["model"], configs["datasets"]
+
+
+def _run(stage: str, corpus: Path, out: str, init: Path | None = None, pruned: Path | None = None, **overrides):
+    cfg, model_params, datasets = _load(stage, **overrides)
+    tokenizer = corpus / "runs/tokenizer" if init is None else None
+    return run_stage(stage, cfg, model_params, datasets, data=corpus / "data/raw/synth", out=out, init=init,
+                     tokenizer=tokenizer, pruned=pruned)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def test_first_stage_trains_only_the_projector_and_chains(project):
-    out = run_stage("projector_init", *_load("projector_init"))
-    cfg, model_params, datasets = _load("projector_init")
-    cfg.max_steps = 0  # a fresh model with the same seed is the starting point
-    torch.manual_seed(cfg.seed)
+def test_first_stage_trains_only_the_projector_and_chains(project, corpus_dir):
+    out = _run("projector_init", corpus_dir, "runs/projector_init")
+    cfg, model_params, _ = _load("projector_init")
     from transformers import set_seed
 
-    set_seed(cfg.seed)
-    fresh, _ = build_model(cfg, model_params)
+    set_seed(cfg.seed)  # a fresh model with the same seed is the starting point
+    fresh, _ = build_model(cfg, model_params, tokenizer_dir=corpus_dir / "runs/tokenizer")
     after = _weights(out)
     for name, before in fresh.state_dict().items():
         same = torch.equal(before, after[name])
         assert same != name.startswith("projector."), name
-    meta = (out / "meta.json").read_text()
-    assert '"precision": "fp32"' in meta and (out / "manifest.json").is_file()
-    assert any(p.name.startswith("checkpoint-") for p in (out / "checkpoints").iterdir())
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["precision"] == "fp32" and (out / "manifest.json").is_file()
+    history = json.loads((out / "log_history.json").read_text())
+    assert [row["step"] for row in history] == [2, 4] and all("loss" in row for row in history)
+    assert not (project / ".nvila" / "work" / "projector_init").exists() or not any(
+        (project / ".nvila" / "work" / "projector_init").iterdir()), "a finished stage leaves nothing to resume"
 
 
 @pytest.mark.parametrize("stage", ["vision_pretrain", "token_pretrain"])
-def test_later_stages_train_only_their_modules(project, stage):
-    start = run_stage("projector_init", *_load("projector_init"))
-    cfg, model_params, datasets = _load(stage, init_from=str(start))
-    out = run_stage(stage, cfg, model_params, datasets)
+def test_later_stages_train_only_their_modules(project, corpus_dir, stage):
+    start = _run("projector_init", corpus_dir, "runs/projector_init")
+    out = _run(stage, corpus_dir, f"runs/{stage}", init=start)
+    cfg, model_params, _ = _load(stage)
     before, after = _weights(start), _weights(out)
-    model, _ = build_model(cfg, model_params)
+    model, _ = build_model(cfg, model_params, init=start)
     never = set(model.unused_vision_parameters())
     assert never and all(n.startswith("vision_tower.") for n in never)
     for name, tensor in before.items():
@@ -62,95 +73,109 @@ def test_later_stages_train_only_their_modules(project, stage):
         assert changed == (name.split(".")[0] in cfg.train_modules and name not in never), name
 
 
-def test_param_groups_carry_the_configured_learning_rates(project):
+def test_param_groups_carry_the_configured_learning_rates(project, corpus_dir):
     cfg, model_params, _ = _load("image_sft", lr={"vision_tower": 1e-5, "projector": 2e-4, "language_model": 1e-4})
-    model, _ = build_model(cfg, model_params)
+    model, _ = build_model(cfg, model_params, tokenizer_dir=corpus_dir / "runs/tokenizer")
     groups = module_param_groups(model, cfg.lr, 0.0)
     assert {g["name"]: g["lr"] for g in groups} == cfg.lr
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="one learning rate per trained module"):
-        StageConfig(out_dir="x", train_modules=["projector"], lr={}, datasets=["d"]).validate("s")
+        StageConfig(train_modules=["projector"], lr={}, datasets=["d"])
 
 
-def test_fp8_emulation_converts_exactly_the_llm_linears_and_trains(project):
-    cfg, model_params, datasets = _load("token_pretrain", precision="fp8", max_steps=3)
-    out = run_stage("token_pretrain", cfg, model_params, datasets)
-    meta = (out / "meta.json").read_text()
-    assert '"precision": "fp8-cpu-emulated"' in meta
-    model, _ = build_model(cfg, model_params)
+def test_fp8_emulation_converts_exactly_the_llm_linears_and_trains(project, corpus_dir):
+    out = _run("token_pretrain", corpus_dir, "runs/token_pretrain", precision="fp8", max_steps=2)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["precision"] == "fp8-cpu-emulated"
+    cfg, model_params, _ = _load("token_pretrain")
+    model, _ = build_model(cfg, model_params, tokenizer_dir=corpus_dir / "runs/tokenizer")
     targets = [n for n, m in model.named_modules() if is_fp8_target(m, n)]
     layers = model.config.text_config.num_hidden_layers
     assert len(targets) == 7 * layers and not any("vision" in n or "projector" in n or "lm_head" in n for n in targets)
-    assert f'"fp8_layers": {7 * layers}' in meta
-    from torchao.float8 import convert_to_float8_training
-    from torchao.float8.float8_linear import Float8Linear
-
-    convert_to_float8_training(model, module_filter_fn=is_fp8_target)
-    assert {n for n, m in model.named_modules() if isinstance(m, Float8Linear)} == set(targets)
+    assert meta["fp8_layers"] == 7 * layers
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(project):
+def _with_poison(monkeypatch, at_step: int) -> None:
+    """Make the next training run's loss NaN after step `at_step` (the LLM head is filled with NaN)."""
     from transformers import TrainerCallback
-
-    class Poison(TrainerCallback):
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step == 2:
-                with torch.no_grad():
-                    model.language_model.lm_head.weight.fill_(float("nan"))
-
-    cfg, model_params, datasets = _load("token_pretrain", max_steps=6)
-    from nvila_model.train import hf_trainer
-
-    original = hf_trainer.StageCallback.on_train_begin
-
-    def begin(self, args, state, control, **kwargs):
-        kwargs["model"] and self  # the poison callback is added next to ours
-        return original(self, args, state, control, **kwargs)
 
     import nvila_model.train.stage as stage_mod
 
+    class Poison(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == at_step:
+                with torch.no_grad():
+                    model.language_model.lm_head.weight.fill_(float("nan"))
+
     real_trainer = stage_mod.NVILATrainer
-
-    def with_poison(*args, **kwargs):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), Poison()]
-        return real_trainer(*args, **kwargs)
-
-    stage_mod.NVILATrainer = with_poison
-    try:
-        with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 3"):
-            run_stage("token_pretrain", cfg, model_params, datasets)
-    finally:
-        stage_mod.NVILATrainer = real_trainer
-    assert (Path(cfg.out_dir) / "checkpoints" / "checkpoint-2").is_dir()
-    assert not (Path(cfg.out_dir) / "meta.json").exists()
+    monkeypatch.setattr(stage_mod, "NVILATrainer", lambda *a, **kw: real_trainer(
+        *a, **{**kw, "callbacks": [*kw.get("callbacks", []), Poison()]}))
 
 
-def _train_cmd(out_dir: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", "train", "projector_init", "--out-dir", out_dir, "--max-steps", "12"]
+def test_nan_loss_stops_keeping_the_checkpoint_and_the_previous_output(project, corpus_dir, monkeypatch):
+    good = _run("token_pretrain", corpus_dir, "runs/token_pretrain", max_steps=2)
+    before = _weights(good)
+    _with_poison(monkeypatch, at_step=2)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 3"):
+        _run("token_pretrain", corpus_dir, "runs/token_pretrain", max_steps=6)
+    checkpoints = list((project / ".nvila" / "work" / "token_pretrain").glob("*/checkpoints/checkpoint-2"))
+    assert len(checkpoints) == 1, "the last good checkpoint is kept for resuming"
+    after = _weights(good)
+    assert all(torch.equal(before[k], after[k]) for k in before), "the previous output must survive"
 
 
-def test_sigkill_mid_stage_then_resume_matches_uninterrupted(project):
-    """Weights after kill + resume equal an uninterrupted run exactly (CPU fp32, same seed and data order)."""
+def test_corrupt_input_names_the_file_and_keeps_the_previous_output(project, corpus_dir):
+    start = _run("projector_init", corpus_dir, "runs/projector_init")
+    done = _run("vision_pretrain", corpus_dir, "runs/vision_pretrain", init=start)
+    finished = (done / "model.safetensors").read_bytes()
+    weights = start / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{weights}: cannot be loaded") as info:
+        _run("vision_pretrain", corpus_dir, "runs/vision_pretrain", init=start)
+    assert "\n" not in str(info.value)
+    assert (done / "model.safetensors").read_bytes() == finished and (done / "meta.json").is_file()
+
+
+def test_missing_pruned_subset_fails_naming_the_file(project, corpus_dir):
+    with pytest.raises(ValueError, match="data/pruned/train.jsonl: pruned subset not found"):
+        _run("image_sft", corpus_dir, "runs/image_sft", pruned=Path("data/pruned"))
+
+
+def _train_cmd(corpus: Path, out: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "train", "projector_init", "--data", str(corpus / "data/raw/synth"),
+            "--tokenizer", str(corpus / "runs/tokenizer"), "--out", out]
+
+
+def test_sigkill_mid_stage_then_resume_matches_uninterrupted(project, corpus_dir):
+    """Weights, history and summary after kill + resume equal an uninterrupted run's (CPU fp32, same seed)."""
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace(
+        "max_steps: 4", "max_steps: 12"))
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
-    subprocess.run(_train_cmd("runs/straight"), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_train_cmd("runs/killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = Path("runs/killed/checkpoints/checkpoint-4/trainer_state.json")
+    subprocess.run(_train_cmd(corpus_dir, "runs/straight"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(corpus_dir, "runs/killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    work = project / ".nvila" / "work" / "projector_init"
     deadline = time.time() + 120
-    while not ckpt.is_file() and time.time() < deadline and proc.poll() is None:
+    while not list(work.glob("*/checkpoints/checkpoint-4/trainer_state.json")) and time.time() < deadline \
+            and proc.poll() is None:
         time.sleep(0.05)
-    assert ckpt.is_file() and proc.poll() is None, "the run should be mid-stage with a checkpoint on disk"
+    assert list(work.glob("*/checkpoints/checkpoint-4")) and proc.poll() is None, "should be mid-stage"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not Path("runs/killed/meta.json").exists()
-    resumed = subprocess.run(_train_cmd("runs/killed"), check=True, env=env, capture_output=True, text=True)
-    assert '"resumed_from"' in Path("runs/killed/meta.json").read_text()
-    assert "checkpoint-" in Path("runs/killed/meta.json").read_text(), resumed.stderr[-2000:]
-    straight, killed = _weights(Path("runs/straight")), _weights(Path("runs/killed"))
-    for name in straight:
-        assert torch.equal(straight[name], killed[name]), name
+    assert not Path("runs/killed").exists(), "an unfinished stage writes no output"
+    subprocess.run(_train_cmd(corpus_dir, "runs/killed"), check=True, env=env, capture_output=True, text=True)
+    straight, killed = Path("runs/straight"), Path("runs/killed")
+    meta_s, meta_k = (json.loads((p / "meta.json").read_text()) for p in (straight, killed))
+    assert meta_k["resumed_from"] and "checkpoint-" in meta_k["resumed_from"] and meta_s["resumed_from"] is None
+    assert meta_k["final_loss"] == meta_s["final_loss"] and meta_k["global_steps"] == meta_s["global_steps"] == 12
+    history_s, history_k = (json.loads((p / "log_history.json").read_text()) for p in (straight, killed))
+    assert [row["step"] for row in history_s] == list(range(2, 13, 2)) and history_k == history_s
+    ws, wk = _weights(straight), _weights(killed)
+    for name in ws:
+        assert torch.equal(ws[name], wk[name]), name
 
 
-def test_module_names_are_the_model_children(project):
+def test_module_names_are_the_model_children(project, corpus_dir):
     cfg, model_params, _ = _load("projector_init")
-    model, _ = build_model(cfg, model_params)
+    model, _ = build_model(cfg, model_params, tokenizer_dir=corpus_dir / "runs/tokenizer")
     assert set(MODULES) == {n for n, _ in model.named_children()}

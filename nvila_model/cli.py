@@ -1,5 +1,7 @@
-"""What a user reads on the console: progress bars only on a terminal (one line per log step otherwise), and known
-library noise filtered. `configure_console()` is called once by the `nvila` entry point, before a stage imports them.
+"""The console of the `nvila` command line: known library noise filtered, progress bars only on a terminal.
+
+`configure_console()` is called once by the entry point, before a stage imports the libraries it quiets. Nothing here
+changes what a stage computes, only what it prints (so, like the other `cli.py` modules, it is no stage dependency).
 """
 
 from __future__ import annotations
@@ -48,22 +50,3 @@ def configure_console() -> None:
             logger.addFilter(DropMessages(pattern))
     if not progress_bars():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers read it at import
-
-
-def progress_line(name: str, step: int, max_steps: int, elapsed_s: float, metrics: dict[str, float],
-                  steps_done: int | None = None) -> str:
-    """One line of training progress, e.g. `image_sft step 20/120 (17%)  loss 2.31  lr 1.90e-04 ... eta 1m40s`;
-    `steps_done` (default `step`) are the steps `elapsed_s` covers (fewer after a resume)."""
-    parts = [f"{name} step {step}/{max_steps} ({step / max(max_steps, 1):.0%})"]
-    for key, fmt in (("loss", ".4g"), ("grad_norm", ".3g"), ("learning_rate", ".2e"), ("samples_per_s", ".1f")):
-        if key in metrics:
-            parts.append(f"{'lr' if key == 'learning_rate' else key.replace('_per_', '/')} {metrics[key]:{fmt}}")
-    done = step if steps_done is None else steps_done
-    remaining = elapsed_s / done * (max_steps - step) if done > 0 else 0.0
-    parts.append(f"elapsed {_duration(elapsed_s)} eta {_duration(remaining)}")
-    return "  ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

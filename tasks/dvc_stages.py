@@ -1,0 +1,87 @@
+"""The pipeline's stages as DVC defines them: their order, what a selection needs, and what a run recorded.
+
+`dvc.yaml` is the only definition of the stages; this module reads it through DVC's own API (templating and all),
+so the Prefect flow can never disagree with `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def stage_graph(root: Path) -> tuple[list[str], dict[str, set[str]]]:
+    """(every stage in dependency order, {stage: the stages it depends on directly}) of the project at `root`.
+
+    Stages that do not depend on each other keep their order in dvc.yaml.
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # an edge goes from a stage to a stage it depends on
+        declared = [stage.name for stage in repo.index.stages]
+        needs = {stage.name: {dep.name for dep in graph.successors(stage)} for stage in graph.nodes}
+    dag = nx.DiGraph()
+    dag.add_nodes_from(declared)
+    dag.add_edges_from((dep, stage) for stage, deps in needs.items() for dep in deps)
+    order = list(nx.lexicographical_topological_sort(dag, key=declared.index))
+    return order, needs
+
+
+def plan(root: Path, targets: list[str] | None) -> list[str]:
+    """The stages a run of `targets` executes, in order: the targets and everything upstream of them (upstream
+    stages whose inputs are unchanged are restored from the cache, not recomputed). None: every stage."""
+    order, needs = stage_graph(root)
+    if targets is None:
+        return order
+    unknown = sorted(set(targets) - set(order))
+    if unknown:
+        raise ValueError(f"stages: {unknown} are not stages of dvc.yaml; choose from {order}")
+    wanted: set[str] = set()
+    todo = list(targets)
+    while todo:
+        stage = todo.pop()
+        if stage not in wanted:
+            wanted.add(stage)
+            todo.extend(needs[stage])
+    return [stage for stage in order if stage in wanted]
+
+
+def lock_entry(root: Path, stage: str) -> dict[str, Any]:
+    """What `dvc.lock` recorded for `stage` in the workspace at `root` (cmd, params, deps, outs); {} if nothing."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage, {})
+
+
+def outs_digest(entry: dict[str, Any]) -> str:
+    """The stage's outputs as `path:md5` pairs (sorted): what the stage produced, whoever computed it."""
+    return ",".join(sorted(f"{o['path']}:{o.get('md5', '')}" for o in entry.get("outs", [])))
+
+
+def lock_params(entry: dict[str, Any]) -> dict[str, Any]:
+    """The params a stage read, as recorded in `dvc.lock` ({key: value})."""
+    out: dict[str, Any] = {}
+    for values in (entry.get("params") or {}).values():
+        out.update(values)
+    return out
+
+
+def out_paths(root: Path, stage: str) -> list[Path]:
+    """The outputs (and metrics) `dvc.yaml` declares for `stage`, resolved in the workspace at `root`."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        (found,) = [s for s in repo.index.stages if s.name == stage]
+        return [Path(out.fs_path) for out in found.outs]
+
+
+def output_dir(root: Path, stage: str) -> Path:
+    """The folder holding a stage's output: its one output folder, or the common folder of its output files."""
+    paths = out_paths(root, stage)
+    return paths[0] if len(paths) == 1 else Path(os.path.commonpath(paths))

@@ -1,0 +1,54 @@
+"""dvc.yaml is the one definition of the stages: the flow's plan comes from it, and run parameters become params."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.config import SHORTCUTS, parse_overrides, run_overrides
+from nvila_model.params import library_keys
+from tasks.dvc_stages import plan, stage_graph
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_plan_follows_the_dependency_graph_of_dvc_yaml() -> None:
+    order, needs = stage_graph(REPO)
+    assert order == list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])  # declared in a valid order
+    assert needs["image_sft"] == {"validate", "token_pretrain", "prune"} and needs["generate"] == set()
+    assert plan(REPO, ["validate", "generate"]) == ["generate", "validate"]
+    upstream = plan(REPO, ["eval"])
+    assert upstream[-1] == "eval" and "prune" in upstream and "finetune" not in upstream
+    assert plan(REPO, None) == order
+    with pytest.raises(ValueError, match=r"\['nonsense'\] are not stages of dvc.yaml"):
+        plan(REPO, ["nonsense"])
+
+
+def test_every_stage_runs_an_nvila_command_on_params_the_library_knows() -> None:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    known = set(library_keys())
+    for name, stage in stages.items():
+        assert stage["cmd"].startswith("nvila "), name
+        assert set(stage["params"]) <= known, name
+        paths = [p for p in (*stage.get("deps", []), *stage.get("outs", [])) if isinstance(p, str) and "/" in p]
+        data_paths = [p for p in paths if not p.startswith(("nvila_model", "configs"))]
+        assert all(p.startswith("${paths.") for p in data_paths), f"{name}: paths are written once, in vars"
+
+
+def test_run_parameters_become_params_settings() -> None:
+    settings = run_overrides({"preset": "small", "seed": None, "keep_ratio": 0.7, "prune_method": None},
+                             {"image_sft.epochs": 2, "prune.keep_ratio": 0.3})
+    assert settings == {"image_sft.epochs": 2, "prune.keep_ratio": 0.7, "model.preset": "small"}
+    assert set(SHORTCUTS.values()) <= {"model.preset", "seed", "prune.keep_ratio", "prune.method"}
+
+
+def test_set_options_parse_into_dotted_settings() -> None:
+    assert parse_overrides(["image_sft.epochs=5", "score.ray.num_actors=0", "prune.protected_subsets=[text]"]) == {
+        "image_sft.epochs": 5, "score.ray.num_actors": 0, "prune.protected_subsets": ["text"]}
+    for bad in ("image_sft.epochs", "=5", ".x=1", "a..b=1"):
+        with pytest.raises(ValueError, match=r"expected KEY\[\.FIELD\.\.\.\]=VALUE"):
+            parse_overrides([bad])
+    with pytest.raises(ValueError, match="not valid YAML"):
+        parse_overrides(["image_sft.lr={a: [1"])
