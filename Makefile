@@ -2,17 +2,31 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+UV := $(BIN)/uv
+LOCK := requirements.lock
+# Where the CPU build of torch lies as a wheel (this machine image has it; elsewhere point WHEELS at a folder holding
+# torch-2.13.0+cpu, or at https://download.pytorch.org/whl/cpu).
+WHEELS ?= /opt/wheels
+FIND := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),--extra-index-url $(WHEELS) --index-strategy unsafe-best-match)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-slow lint ui bench clean
+.PHONY: install lock run test test-slow lint ui bench gpu-check clean
 
-$(BIN)/nvila: pyproject.toml
+# The environment is exactly the lock: `uv pip sync` installs every pinned version and removes anything else.
+$(BIN)/nvila: $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	test -x $(UV) || $(BIN)/pip install -q uv==0.13.8
+	$(UV) pip sync -q --python $(BIN)/python $(FIND) $(LOCK)
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	touch $(BIN)/nvila
 
 install: $(BIN)/nvila
+
+# Refresh the lock from pyproject.toml's ranges (then `make test`, and commit requirements.lock with the change).
+lock:
+	test -x $(UV) || { test -x $(BIN)/python || $(PY) -m venv $(VENV); $(BIN)/pip install -q uv==0.13.8; }
+	$(UV) pip compile -q pyproject.toml --extra dev $(FIND) --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line -o $(LOCK)
 
 run: install
 	$(BIN)/nvila pipeline run
@@ -33,4 +47,4 @@ bench: install
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .prefect mlruns mlflow.db
+	rm -rf $(VENV) .prefect .nvila mlruns mlflow.db mlartifacts

@@ -23,6 +23,7 @@ from nvila_model.deltaloss import cli as deltaloss_cli
 from nvila_model.official import cli as official_cli
 from nvila_model.quant import cli as quant_cli
 from nvila_model.train import cli as train_cli
+from tasks.dvc_stages import StageFailed
 from tasks.env import configure
 
 app = typer.Typer(help="NVILA pipeline: data, DeltaLoss pruning, five-stage training, fine-tuning, deployment.",
@@ -81,6 +82,14 @@ def main() -> None:
     _setup_stage_run()
     try:
         app()
+    except StageFailed as exc:  # the stage's own message; a bad input there is a bad input of the run
+        if os.environ.get("NVILA_DEBUG") == "1":
+            raise
+        _error(str(exc).splitlines(), 2 if exc.exit_code == 2 else 1)
+    except (KeyboardInterrupt, flow_commands.Interrupted):
+        typer.echo("nvila: interrupted. Finished stages are in DVC's cache and an interrupted training stage keeps "
+                   "its last checkpoint: run the same command again to resume.", err=True)
+        sys.exit(130)
     except (ValueError, OSError) as exc:
         if os.environ.get("NVILA_DEBUG") == "1":
             raise

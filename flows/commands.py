@@ -6,11 +6,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from flows.services import prefect_api
 from tasks.env import project_dir
 
 pipeline_app = typer.Typer(help="Run, serve and trigger the Prefect pipeline flow.", no_args_is_help=True)
@@ -18,6 +21,19 @@ pipeline_app = typer.Typer(help="Run, serve and trigger the Prefect pipeline flo
 PARAMS_OPT = typer.Option("params.yaml", "--params", help="params file (relative to the project root)")
 SET_OPT = typer.Option([], "--set", help="KEY.FIELD=VALUE setting for this run, e.g. image_sft.epochs=5 "
                        "(repeatable; VALUE is YAML; as `dvc exp run -S`)")
+
+
+class Interrupted(Exception):  # noqa: N818 - the user's Ctrl-C, not an error of ours
+    """Ctrl-C (or SIGTERM) stopped a pipeline run: its stage was stopped and its runs marked; `main` says how to
+    resume and exits 130. (Click turns a KeyboardInterrupt into a silent exit 130 on its own.)"""
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted() from None
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -43,21 +59,31 @@ def run(
     prune_method: str | None = typer.Option(None, help="deltaloss | random (prune.method)"),
     experiment: str | None = typer.Option(None, help="MLflow experiment (default: pipeline.experiment)"),
     set_: list[str] = SET_OPT,
+    init_checkpoint: str | None = typer.Option(None, help="a released NVILA checkpoint folder to import, fine-tune, "
+                                               "quantize and evaluate instead of training from scratch"),
     apply: bool = typer.Option(True, "--apply/--no-apply", help="bring the finished run's params, dvc.lock and "
                                "outputs into this working tree (dvc exp apply)"),
     params: str = PARAMS_OPT,
 ) -> None:
-    """Run the pipeline now as a DVC experiment (ephemeral Prefect API unless PREFECT_API_URL is set)."""
+    """Run the pipeline now as a DVC experiment (a Prefect server on 127.0.0.1 unless PREFECT_API_URL is set)."""
     root = _enter_project()
-    from flows.config import load_pipeline_config, parse_overrides
-    from flows.pipeline import nvila_pipeline
+    from flows.config import check_params, load_pipeline_config, parse_overrides, run_overrides
 
     cfg = load_pipeline_config(params)
+    overrides = parse_overrides(set_) or None
+    # Settings are checked here too, so a mistake is one line before any server starts (the flow checks them again
+    # for runs triggered from the UI).
+    check_params(root / params, run_overrides({"preset": preset, "seed": seed, "keep_ratio": keep_ratio,
+                                               "prune_method": prune_method}, overrides))
     start = time.monotonic()
-    result = nvila_pipeline(preset=preset, stages=_split(stages) or cfg.stages, seed=seed, keep_ratio=keep_ratio,
-                            prune_method=prune_method, overrides=parse_overrides(set_) or None,
-                            experiment=experiment or cfg.experiment, params_file=params,
-                            registered_model=cfg.registered_model, best_metric=cfg.best_metric, apply=apply)
+    with interruptible(), prefect_api(root):
+        from flows.pipeline import nvila_pipeline
+
+        result = nvila_pipeline(preset=preset, stages=_split(stages) or cfg.stages, seed=seed, keep_ratio=keep_ratio,
+                                prune_method=prune_method, overrides=overrides,
+                                experiment=experiment or cfg.experiment, params_file=params,
+                                registered_model=cfg.registered_model, best_metric=cfg.best_metric, apply=apply,
+                                init_checkpoint=init_checkpoint)
     _print_summary(root, result, time.monotonic() - start)
 
 
@@ -68,14 +94,13 @@ def _print_summary(root: Path, result: dict[str, Any], seconds: float) -> None:
     ran = [s for s, how in result["stages"].items() if how == "ran"]
     typer.echo(f"\nPipeline finished in {seconds / 60:.1f} min: DVC experiment {result['experiment']}, "
                f"{len(ran)} stage(s) ran, {len(result['stages']) - len(ran)} restored from the cache.")
-    trained = result["metrics"].get("trained", {})
-    if "acc_mean" in trained:
-        typer.echo(f"Mean accuracy {trained['acc_mean']:.3f} (chance {trained.get('chance_mean', float('nan')):.3f})"
-                   + (f"; quantized {result['metrics']['quantized']['acc_mean']:.3f}"
-                      if "acc_mean" in result["metrics"].get("quantized", {}) else ""))
-        accs = {name: {k: v for k, v in m.items() if k.startswith(("acc_", "chance_"))}
-                for name, m in result["metrics"].items()}
-        typer.echo(markdown_table(accs))
+    for column, metrics in result["metrics"].items():
+        if "acc_mean" in metrics:
+            typer.echo(f"Mean accuracy, {column}: {metrics['acc_mean']:.3f} "
+                       f"(chance {metrics.get('chance_mean', float('nan')):.3f})")
+    if result["metrics"]:
+        typer.echo(markdown_table({name: {k: v for k, v in m.items() if k.startswith(("acc_", "chance_"))}
+                                   for name, m in result["metrics"].items()}))
     where = "this working tree (runs/, data/)" if result["applied"] else f"`dvc exp apply {result['experiment']}`"
     typer.echo(f"Outputs: {where}; `dvc exp show` compares runs.")
     typer.echo(f"MLflow run {result['mlflow_run_id']} in {tracking_uri()}")
@@ -94,15 +119,17 @@ def sweep(
     params: str = PARAMS_OPT,
 ) -> None:
     """Pruning sweep: one pipeline run per keep ratio and method (shared upstream restored from the cache)."""
-    _enter_project()
+    root = _enter_project()
     from flows.config import load_sweep_config, parse_overrides
-    from flows.sweep import pruning_sweep
-    from tasks.sweep import markdown_table
 
     ratios = [float(r) for r in _split(keep_ratios)] if keep_ratios else None
-    rows = pruning_sweep(keep_ratios=ratios, methods=_split(methods), preset=preset, seed=seed,
-                         experiment=experiment, report_dir=report_dir, params_file=params,
-                         overrides=parse_overrides(set_) or None)
+    overrides = parse_overrides(set_) or None
+    with interruptible(), prefect_api(root):
+        from flows.sweep import pruning_sweep
+        from tasks.sweep import markdown_table
+
+        rows = pruning_sweep(keep_ratios=ratios, methods=_split(methods), preset=preset, seed=seed,
+                             experiment=experiment, report_dir=report_dir, params_file=params, overrides=overrides)
     typer.echo(markdown_table(rows, load_sweep_config(params).metric, links=False))
 
 
@@ -152,7 +179,10 @@ def ui(
 ) -> None:
     """Start the Prefect server and MLflow UI on 127.0.0.1 and serve the pipeline deployment (Ctrl-C stops all)."""
     _enter_project()
-    from flows.services import prefect_env
+    from flows.services import check_port_free, prefect_env
+
+    check_port_free(prefect_port, "--prefect-port")  # both before starting anything
+    check_port_free(mlflow_port, "--mlflow-port")
 
     os.environ.update(prefect_env(prefect_port))  # before prefect is imported: its settings are read once
     from flows.deploy import run_ui

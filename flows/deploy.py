@@ -10,7 +10,7 @@ from prefect.schedules import Cron
 
 from flows.config import PipelineConfig, load_pipeline_config
 from flows.pipeline import nvila_pipeline
-from flows.services import HOST, start_mlflow_server, start_prefect_server, stop
+from flows.services import HOST, start_mlflow_server, start_prefect_server, stop, watch_log
 from tasks.env import project_dir
 
 
@@ -59,11 +59,7 @@ def check_parameters(flow: object, parameters: dict[str, object]) -> None:
 
 
 def parameter_problem(exc: Exception) -> str:
-    """Prefect's parameter validation error as one line: which parameter, what is wrong."""
-    cause = exc.__cause__ or exc
-    errors = getattr(cause, "errors", None)
-    if callable(errors):
-        return "; ".join(f"parameter {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors())
+    """Prefect's parameter validation error (which parameter, what is wrong) as one line."""
     return " ".join(str(exc).split())
 
 
@@ -109,6 +105,7 @@ def run_ui(prefect_port: int = 4200, mlflow_port: int = 5000, params: str | Path
     os.environ["NVILA_MLFLOW_PORT"] = str(mlflow_port)
     prefect_proc = mlflow_proc = None
     try:
+        watch_log(logs / "prefect-server.log", "prefect server")
         prefect_proc = start_prefect_server(prefect_port, log=logs / "prefect-server.log")
         tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
         if not tracking.startswith(("http://", "https://")):

@@ -14,6 +14,7 @@ The stages, their order and what each needs come from `dvc.yaml` (through DVC's 
 # No `from __future__ import annotations`: Prefect builds its parameter model from the live annotations.
 
 import json
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
@@ -22,16 +23,35 @@ from prefect.runtime import flow_run
 from flows.config import check_params, run_overrides
 from nvila_model.manifest import git_revision
 from nvila_model.params import read_params
+from tasks import liveness
 from tasks.dvc_stages import output_dir, plan
 from tasks.env import project_dir
 from tasks.report import close_pipeline_run, open_pipeline_run, publish_report, read_metrics, register_model
 from tasks.stage_task import RunContext, run_stage
-from tasks.tracking import dvc_lock_hashes, flatten, run_status
-from tasks.workspace import Workspace, apply_experiment, save_experiment, set_params, valid_name, workspace
+from tasks.tracking import dvc_lock_hashes, flatten, run_status, tracking_file
+from tasks.workspace import (
+    Workspace,
+    apply_experiment,
+    check_writable,
+    save_experiment,
+    set_params,
+    valid_name,
+    workspace,
+)
 
-EVALS = {"trained": "eval", "quantized": "eval_quantized"}  # report column -> the stage whose metrics it shows
-MODELS = {"": "video_sft", "-quantized": "quantize"}  # registered-model suffix -> the stage whose output it is
 TRAINING = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")
+
+
+def chains(data: dict[str, Any], registered_model: str) -> list[dict[str, str]]:
+    """The models a run trains or adapts, and the dvc.yaml stages of each: its report column, its eval stages, the
+    stages whose outputs are registered, and under which name. From scratch by default; with `init_checkpoints`,
+    each released checkpoint's chain (the `@name` stages) instead."""
+    if not data["init_checkpoints"]:
+        return [{"column": "trained", "eval": "eval", "eval_quantized": "eval_quantized", "model": "video_sft",
+                 "quantized": "quantize", "registered": registered_model.format(preset=data["model"]["preset"])}]
+    return [{"column": name, "eval": f"eval_imported@{name}", "eval_quantized": f"eval_quantized_imported@{name}",
+             "model": f"finetune_imported@{name}", "quantized": f"quantize_imported@{name}",
+             "registered": registered_model and f"nvila-{name}"} for name in data["init_checkpoints"]]
 
 
 def effective_params(data: dict[str, Any], stages: list[str]) -> dict[str, Any]:
@@ -53,16 +73,23 @@ def training_cost(ws: Workspace, order: list[str]) -> dict[str, dict[str, float]
 
 
 def _report(run: RunContext, ws: Workspace, order: list[str], results: list[dict[str, Any]], experiment: str,
-            registered_model: str, best_metric: str) -> dict[str, dict[str, float]]:
+            models: list[dict[str, str]], best_metric: str) -> dict[str, dict[str, float]]:
     """Metrics to the parent run, the Prefect artifact (only when the run evaluated), models to the registry."""
-    columns = {name: read_metrics(output_dir(ws.root, stage)) for name, stage in EVALS.items() if stage in order}
+    columns = {}
+    for chain in models:
+        for suffix, stage in (("", chain["eval"]), ("-quantized", chain["eval_quantized"])):
+            if stage in order:
+                columns[("quantized" if chain["column"] == "trained" else chain["column"] + suffix) if suffix
+                        else chain["column"]] = read_metrics(output_dir(ws.root, stage))
     if columns:
         how = {r["stage"]: f"restored from run {r['cached_from']}" if r["cached"] else "ran" for r in results}
         publish_report(run, columns, experiment, how)
-    for suffix, stage in MODELS.items():
-        if registered_model and stage in order:
-            value = columns.get("quantized" if suffix else "trained", {}).get(best_metric)
-            register_model(run, output_dir(ws.root, stage), registered_model + suffix, best_metric, value)
+    for chain in models:
+        for suffix, stage in (("", chain["model"]), ("-quantized", chain["quantized"])):
+            if chain["registered"] and stage in order:
+                column = "quantized" if suffix and chain["column"] == "trained" else chain["column"] + suffix
+                value = columns.get(column, {}).get(best_metric)
+                register_model(run, output_dir(ws.root, stage), chain["registered"] + suffix, best_metric, value)
     return columns
 
 
@@ -79,44 +106,56 @@ def nvila_pipeline(
     registered_model: str = "nvila-{preset}",
     best_metric: str = "acc_mean",
     apply: bool = False,
+    init_checkpoint: str | None = None,
 ) -> dict[str, Any]:
     """Run the selected stages (default all; each with what it needs) as a DVC experiment.
 
     `preset`, `seed`, `keep_ratio` and `prune_method` set `model.preset`, `seed`, `prune.keep_ratio` and
     `prune.method`; `overrides` sets any other setting by its dotted name (`{"image_sft.epochs": 5}`), like
-    `dvc exp run -S`. Unset parameters keep params.yaml's values. `apply` brings the finished experiment into the
+    `dvc exp run -S`. Unset parameters keep params.yaml's values. `init_checkpoint` (a released NVILA checkpoint
+    folder) adapts that model instead of training one: it is imported, fine-tuned, quantized, evaluated and
+    registered (an `init_checkpoints` entry named after the folder). `apply` brings the finished experiment into the
     project's working tree. Returns the experiment name, the MLflow parent run, what each stage did, the eval
     metrics and the training stages' cost.
     """
     project = project_dir()
     settings = run_overrides({"preset": preset, "seed": seed, "keep_ratio": keep_ratio,
                               "prune_method": prune_method}, overrides)
+    if init_checkpoint:
+        folder = Path(init_checkpoint).expanduser().resolve()
+        settings[f"init_checkpoints.{valid_name(folder.name, strict=True)}"] = str(folder)
     data = check_params(project / params_file, settings)
-    order = plan(project, None if stages == "all" else list(stages))
-    partial = stages != "all"
+    models = chains(data, registered_model)
+    targets = list(stages) if stages != "all" else [s for m in models for s in (m["eval"], m["eval_quantized"])]
     name = valid_name(str(flow_run.name or "nvila-run"))
-    registered = registered_model.format(preset=data["model"]["preset"])
-    run = open_pipeline_run(experiment, name, effective_params(data, order),
-                            {"git.revision": git_revision(project), "partial": str(partial).lower()})
-    status, tags = run_status(False), {}
-    try:
-        with workspace(project, name) as ws:
-            if settings:
-                set_params(ws.root / params_file, settings)
-            assert read_params(ws.root / params_file) == data, "the workspace's params differ from the checked ones"
+    check_writable(project, [p for p in (tracking_file(),) if p is not None])
+    liveness.reap_stale(project)
+    with workspace(project, name) as ws:
+        if settings:
+            set_params(ws.root / params_file, settings)
+        assert read_params(ws.root / params_file) == data, "the workspace's params differ from the checked ones"
+        # The stages and their order come from the workspace's dvc.yaml with the run's params (`@name` stages
+        # exist once params name them); everything upstream of the targets comes along, restored when unchanged.
+        order = plan(ws.root, None if stages == "all" and not data["init_checkpoints"] else targets)
+        run = open_pipeline_run(experiment, name, effective_params(data, order),
+                                {"git.revision": git_revision(project), "partial": str(stages != "all").lower()})
+        status, tags = run_status(False), {}
+        liveness.register(project, name, str(flow_run.id), run.parent_run_id)
+        try:
             results = [run_stage(stage, ws, run) for stage in order]
             exp = save_experiment(ws, order)
             tags = {"dvc.experiment": exp, **dvc_lock_hashes(ws.root)}
-            columns = _report(run, ws, order, results, exp, registered, best_metric)
+            columns = _report(run, ws, order, results, exp, models, best_metric)
             cost = training_cost(ws, order)
-        if apply:
-            apply_experiment(project, exp)
-        status = run_status(True)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        close_pipeline_run(run, status, tags)
+            status = run_status(True)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            close_pipeline_run(run, status, tags)
+            liveness.unregister(project, name)
+    if apply:
+        apply_experiment(project, exp)
     return {"experiment": exp, "mlflow_run_id": run.parent_run_id, "applied": apply,
             "stages": {r["stage"]: "restored" if r["cached"] else "ran" for r in results},
             "metrics": columns, "train_cost": cost}

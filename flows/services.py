@@ -7,8 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -19,6 +22,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def check_port_free(port: int, option: str) -> None:
+    """A `ValueError` naming the port and the option to change when something already listens on it (a server this
+    process did not start must never be mistaken for its own)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            raise ValueError(f"port {port} on {HOST} is in use (another `nvila ui`?); free it or choose another "
+                             f"with {option}") from None
 
 
 def _bin(name: str) -> str:
@@ -59,7 +73,9 @@ def wait_http(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = 
 
 
 def start_prefect_server(port: int, home: str | Path | None = None, log: Path | None = None) -> subprocess.Popen:
-    """Start `prefect server start` on 127.0.0.1:`port`; returns once /api/health answers."""
+    """Start `prefect server start` on 127.0.0.1:`port` in its own session (a Ctrl-C in the terminal reaches the
+    pipeline, which then records its state, not the server); returns once /api/health answers."""
+    check_port_free(port, "--prefect-port")
     env = {**os.environ, **prefect_env(port, home)}
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns the handle
     proc = subprocess.Popen([_bin("prefect"), "server", "start", "--host", HOST, "--port", str(port)],
@@ -70,6 +86,7 @@ def start_prefect_server(port: int, home: str | Path | None = None, log: Path | 
 
 def start_mlflow_server(port: int, root: Path, log: Path | None = None) -> subprocess.Popen:
     """Start the MLflow UI on 127.0.0.1:`port` over the project's SQLite store and artifact folder."""
+    check_port_free(port, "--mlflow-port")
     store = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     cmd = [_bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", "1",
@@ -89,3 +106,45 @@ def stop(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout)
+
+
+@contextmanager
+def prefect_api(root: Path) -> Iterator[str]:
+    """The Prefect API a command talks to: `$PREFECT_API_URL` when set (a real server), else a server this process
+    starts on a free 127.0.0.1 port (logs in `.prefect/logs/`) and stops at the end. Call before importing prefect:
+    its settings are read once, at import."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    logs = root / ".prefect" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    os.environ.update(prefect_env(port))
+    proc = start_prefect_server(port, log=logs / "prefect-server.log")
+    try:
+        yield os.environ["PREFECT_API_URL"]
+    finally:
+        if "prefect" in sys.modules:  # send the logs still queued for the server before stopping it
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
+        stop(proc)
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def watch_log(path: Path, prefix: str, markers: tuple[str, ...] = ("ERROR", "Traceback", "Exception")) -> None:
+    """Print the lines of a server's log that report errors, as they are written (a daemon thread), so they are
+    seen in the terminal rather than left in the log file."""
+
+    def follow() -> None:
+        with open(path, errors="replace") as fh:
+            fh.seek(0, os.SEEK_END)
+            while True:
+                line = fh.readline()
+                if not line:
+                    time.sleep(1.0)
+                elif any(marker in line for marker in markers):
+                    print(f"{prefix}: {line.rstrip()}  (full log: {path})", file=sys.stderr, flush=True)
+
+    path.touch()
+    threading.Thread(target=follow, daemon=True, name=f"watch-{path.name}").start()

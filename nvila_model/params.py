@@ -12,10 +12,10 @@ import dataclasses
 import importlib
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 T = TypeVar("T")
@@ -24,6 +24,11 @@ STRICT = ConfigDict(extra="forbid")
 # Keys read by the orchestration (flows.config validates them), not by a stage of the library.
 ORCHESTRATION_KEYS = ("pipeline", "sweep", "frontier")
 SEED_KEY = "seed"  # one seed for every stage; a stage's own `seed` field defaults to it
+# The five training stages, each a params key holding a `StageConfig` (the registry below; train/config.py).
+TRAIN_STAGES = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")
+# `init_checkpoints`: released NVILA checkpoints (the official layout) to adapt instead of training from scratch,
+# {name: folder}. Each gets its own import -> fine-tune -> quantize -> eval stages in dvc.yaml (`@name`).
+InitCheckpoints = dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")], str]
 _READ: set[str] = set()  # the keys this process has loaded (see keys_read)
 
 
@@ -33,12 +38,12 @@ def config(cls: type[T]) -> type[T]:
 
 
 def library_keys() -> dict[str, Any]:
-    """params.yaml top-level key -> the config class (or type) of the stage settings it holds."""
-    from nvila_model.train.config import STAGES
-
+    """params.yaml top-level key -> the config class (or type) of the stage settings it holds. Classes are named,
+    not imported: a stage command imports only the config modules of the keys it reads."""
     keys: dict[str, Any] = {
         SEED_KEY: int,
         "model": "nvila_model.train.config:ModelParams",
+        "init_checkpoints": InitCheckpoints,
         "datasets": "nvila_model.data.config:DatasetsConfig",
         "generate": "nvila_model.data.config:GenerateConfig",
         "validate": "nvila_model.data.config:ValidateConfig",
@@ -51,7 +56,7 @@ def library_keys() -> dict[str, Any]:
         "finetune": "nvila_model.finetune.config:FinetuneConfig",
         "quantize": "nvila_model.quant.config:QuantizeConfig",
     }
-    return keys | dict.fromkeys(STAGES, "nvila_model.train.config:StageConfig")
+    return keys | dict.fromkeys(TRAIN_STAGES, "nvila_model.train.config:StageConfig")
 
 
 def resolve(cls: Any) -> Any:

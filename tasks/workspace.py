@@ -54,9 +54,10 @@ def dvc(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     return proc.stdout
 
 
-def valid_name(name: str) -> str:
-    """A git ref / DVC experiment name from a free-form run name."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
+def valid_name(name: str, strict: bool = False) -> str:
+    """A git ref / DVC experiment name from a free-form run name (`strict`: letters, digits, `_` and `-` only, as
+    dvc.yaml `foreach` keys in paths and stage names)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+" if strict else r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
     return cleaned[:80]
 
 
@@ -79,6 +80,19 @@ class Workspace:
         bin_dir = str(Path(sys.executable).parent)
         return {"PYTHONPATH": str(self.root), "NVILA_WORK_DIR": str(self.project / STATE / "work"),
                 "NVILA_PROJECT_DIR": str(self.project), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def check_writable(project: Path, paths: list[Path]) -> None:
+    """Before a run starts: every folder and file it writes (the project's state, DVC cache, the given `paths`, such
+    as the MLflow database) must be writable; otherwise one `ValueError` naming the path."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        cache = Path(repo.cache.local_cache_dir)
+    for path in [project, project / STATE, cache, *paths]:
+        target = path if path.exists() else path.parent
+        if target.exists() and not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+            raise ValueError(f"{path}: not writable (a pipeline run writes there); fix its permissions")
 
 
 def uncommitted(project: Path) -> tuple[list[str], list[str]]:

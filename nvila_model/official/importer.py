@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from nvila_model.config import NVILAConfig
-from nvila_model.manifest import write_stage_manifest
+from nvila_model.manifest import staged_output, write_stage_manifest
 from nvila_model.modeling import NVILAForConditionalGeneration
 from nvila_model.official import config_map, layout, tokens, weights
 from nvila_model.processor import NVILAProcessor
@@ -145,12 +145,12 @@ def import_official(src: Path, out: Path) -> Path:
     config = build_config(src, top, tokenizer)
     dtype = model_dtype(top)
     model = assemble(src, config, dtype)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    NVILAProcessor(tokenizer, model.config).save_pretrained(out)
     source = {k: top[k] for k in READ_FIELDS if k in top}
     meta = {"kind": IMPORT_KIND, "source": str(src), "source_config": source, "dtype": str(dtype),
             "projector": {"official": layout.OFFICIAL_KIND[config.projector], "ours": config.projector}}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    write_stage_manifest(out, "import_official", source, inputs={"source": src}, dtype=str(dtype))
+    with staged_output(out) as tmp:
+        model.save_pretrained(str(tmp))
+        NVILAProcessor(tokenizer, model.config).save_pretrained(tmp)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        write_stage_manifest(tmp, "import_official", source, inputs={"source": src}, dtype=str(dtype))
     return out

@@ -10,7 +10,6 @@ from pydantic import Field
 from nvila_model.params import config
 
 MODULES = ("vision_tower", "projector", "language_model")
-STAGES = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")
 Module = Literal["vision_tower", "projector", "language_model"]
 Precision = Literal["auto", "fp32", "bf16", "fp8"]
 Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]

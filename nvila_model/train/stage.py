@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from transformers import PrinterCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from nvila_model.cli import progress_bars
 from nvila_model.data.collate import PackingCollator, PaddingCollator
@@ -134,14 +134,32 @@ def fingerprint(stage: str, cfg: Any, extra: dict[str, Any], inputs: dict[str, s
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")  # written last by the Trainer's save
+
+
+def complete_checkpoints(ckpts: Path) -> list[Path]:
+    """The checkpoints in `ckpts` that were written whole, newest first. The Trainer writes a checkpoint folder file
+    by file, so a run killed while saving leaves a partial one, which is not resumable."""
+    found = sorted(ckpts.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
+    return [p for p in found if all((p / name).is_file() for name in CHECKPOINT_FILES)
+            and any(p.glob("model*.safetensors"))]
+
+
 def resume_point(work: Path, resume: bool, is_main: bool = True) -> str | None:
-    """The last checkpoint of an interrupted run with this fingerprint, else None (and a fresh work folder)."""
+    """The last complete checkpoint of an interrupted run with this fingerprint, else None (and a fresh work
+    folder). Partial checkpoints newer than it (a kill while saving) are removed by the main process."""
     ckpts = work / "checkpoints"
-    last = get_last_checkpoint(str(ckpts)) if resume and ckpts.is_dir() else None
-    if last is None and is_main:
-        shutil.rmtree(work, ignore_errors=True)
-        ckpts.mkdir(parents=True)
-    return last
+    complete = complete_checkpoints(ckpts) if resume and ckpts.is_dir() else []
+    if is_main:
+        if not complete:
+            shutil.rmtree(work, ignore_errors=True)
+            ckpts.mkdir(parents=True)
+        else:
+            for partial in ckpts.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+                if int(partial.name.rsplit("-", 1)[1]) > int(complete[0].name.rsplit("-", 1)[1]):
+                    log.warning("removing %s: written partly (the run was killed while saving)", partial)
+                    shutil.rmtree(partial)
+    return str(complete[0]) if complete else None
 
 
 def run_stage(stage: str, cfg: StageConfig, model_params: ModelParams, datasets: DatasetsConfig, *,

@@ -1,4 +1,5 @@
-"""Serve the pipeline deployment on a real Prefect server, trigger it through the API, see the run complete."""
+"""Serve the pipeline deployment on a real Prefect server: a run triggered through the API executes a real stage, and
+the cron schedule creates a run that completes (a broken scheduler fails here)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from flows.services import free_port, prefect_env, start_prefect_server, stop
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(600)
 DEPLOYMENT = "nvila-pipeline/test-deployment"
 
 
@@ -33,7 +34,27 @@ async def _wait_for_deployment(name: str, timeout: float, api: str) -> None:
     raise TimeoutError(f"deployment {name} not registered within {timeout} s")
 
 
-def test_served_deployment_runs_a_real_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def _scheduled_run(name: str, timeout: float) -> object:
+    """The first run the scheduler created for deployment `name`, once it is final."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(name)
+        while time.monotonic() < deadline:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                flow_run_filter=FlowRunFilter())
+            done = [r for r in runs if r.auto_scheduled and r.state is not None and r.state.is_final()]
+            if done:
+                return done[0]
+            await asyncio.sleep(2)
+    raise TimeoutError(f"no scheduled run of {name} finished within {timeout} s")
+
+
+def test_served_deployment_runs_a_real_stage_and_its_schedule_fires(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.orchestration.conftest import git_project, point_env_at
 
     project = git_project(tmp_path / "project", {"generate": {"scale": 0.02}})
@@ -43,11 +64,13 @@ def test_served_deployment_runs_a_real_stage(tmp_path: Path, monkeypatch: pytest
     env = prefect_env(port, home)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")  # schedule within seconds, not a minute
     server = serve = None
     try:
         server = start_prefect_server(port, home, log=tmp_path / "server.log")
         serve = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "pipeline", "serve", "--name", "test-deployment"],
+            [sys.executable, "-m", "flows.cli", "pipeline", "serve", "--name", "test-deployment",
+             "--cron", "* * * * *", "--stages", "generate"],
             env={**os.environ}, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -61,9 +84,12 @@ def test_served_deployment_runs_a_real_stage(tmp_path: Path, monkeypatch: pytest
             asyncio.run(_wait_for_deployment(DEPLOYMENT, 120, api))
             asyncio.run(_wait_for_deployment("pruning-sweep/nvila-sweep", 30, api))  # served beside it
             flow_run = run_deployment(DEPLOYMENT, parameters={"stages": ["generate"]}, timeout=240)
-        assert flow_run.state is not None and flow_run.state.is_completed(), (
-            f"{flow_run.state}\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
-        )
+            assert flow_run.state is not None and flow_run.state.is_completed(), (
+                f"{flow_run.state}\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
+            )
+            scheduled = asyncio.run(_scheduled_run(DEPLOYMENT, 200))
+        assert scheduled.state.is_completed(), (f"{scheduled.state}\n{(tmp_path / 'server.log').read_text()[-3000:]}"
+                                               f"\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
     finally:
         stop(serve)
         stop(server)
@@ -73,10 +99,10 @@ def test_served_deployment_runs_a_real_stage(tmp_path: Path, monkeypatch: pytest
     runs = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_runs(
         [MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment_by_name("nvila").experiment_id]
     )
-    assert [r.data.tags["prefect.flow_run_id"] for r in runs if r.data.tags.get("kind") == "pipeline"] == [
-        str(flow_run.id)]
+    parents = {r.data.tags["prefect.flow_run_id"] for r in runs if r.data.tags.get("kind") == "pipeline"}
+    assert {str(flow_run.id), str(scheduled.id)} <= parents
     stage_runs = [r for r in runs if r.info.run_name == "generate"]
-    assert len(stage_runs) == 1 and stage_runs[0].data.tags["cached"] == "false"  # the stage really ran
+    assert sorted(r.data.tags["cached"] for r in stage_runs)[0] == "false"  # the stage really ran once
     shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project, capture_output=True,
                            text=True, check=True).stdout
     assert f'"{flow_run.name}"' in shown, "the triggered run is a DVC experiment of the project"

@@ -179,3 +179,18 @@ def test_module_names_are_the_model_children(project, corpus_dir):
     cfg, model_params, _ = _load("projector_init")
     model, _ = build_model(cfg, model_params, tokenizer_dir=corpus_dir / "runs/tokenizer")
     assert set(MODULES) == {n for n, _ in model.named_children()}
+
+
+def test_a_checkpoint_written_partly_is_not_resumed(tmp_path):
+    from nvila_model.train.stage import resume_point
+
+    ckpts = tmp_path / "work" / "checkpoints"
+    for step, files in ((2, ("trainer_state.json", "optimizer.pt", "scheduler.pt", "model.safetensors")),
+                        (4, ("model.safetensors",))):  # killed while saving step 4
+        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        for name in files:
+            (ckpts / f"checkpoint-{step}" / name).write_text("x")
+    assert resume_point(tmp_path / "work", resume=True) == str(ckpts / "checkpoint-2")
+    assert not (ckpts / "checkpoint-4").exists()
+    (ckpts / "checkpoint-2" / "optimizer.pt").unlink()
+    assert resume_point(tmp_path / "work", resume=True) is None and not any(ckpts.iterdir())

@@ -1,0 +1,130 @@
+"""Ctrl-C and kills, from the command line as a user does it (shrunk pipeline up to token_pretrain):
+- SIGINT to the process group during a training stage: out within seconds, exit 130 with one line saying how to
+  resume, the runs marked in MLflow (KILLED) and Prefect (Crashed), nothing left running, the checkpoint kept;
+- SIGKILL of the whole group: the next run marks the dead run and removes its workspace;
+- the next run resumes the interrupted stage from its checkpoint and restores the finished ones from the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.orchestration.conftest import git_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+STAGES = ["--stages", "token_pretrain"]
+
+
+def _start(root: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`nvila pipeline run` in its own process group, as a shell runs a foreground job."""
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "pipeline", "run", "--no-apply", *STAGES], cwd=root,
+                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for_checkpoint(root: Path, proc: subprocess.Popen, log: Path, timeout: float = 900) -> Path:
+    """Wait until a training stage has written a resumable checkpoint (the stage is mid-way)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list((root / ".nvila" / "work").glob("*/*/checkpoints/checkpoint-3"))
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint appeared (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+
+
+def _descendants_alive(pgid: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pgid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.split(None, 1)[0] == str(pgid)]
+
+
+def _mlflow(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("nvila")
+    return client, client.search_runs([experiment.experiment_id], "tags.kind = 'pipeline'",
+                                      order_by=["attributes.start_time ASC"])
+
+
+def _prefect_states(root: Path, env: dict[str, str]) -> dict[str, str]:
+    """flow run id -> state name, read through a server on the project's Prefect database."""
+    code = ("import asyncio, json\n"
+            "from prefect.client.orchestration import get_client\n"
+            "async def main():\n"
+            "    async with get_client() as c:\n"
+            "        print(json.dumps({str(r.id): r.state.name for r in await c.read_flow_runs()}))\n"
+            "asyncio.run(main())\n")
+    from flows.services import free_port, prefect_env, start_prefect_server, stop
+
+    port = free_port()
+    server = start_prefect_server(port, root / ".prefect")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **prefect_env(port, root / ".prefect")},
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        stop(server)
+    import json
+
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_interrupts_and_kills_then_resume(tmp_path: Path) -> None:
+    root = git_project(tmp_path / "project", {"token_pretrain": {"max_steps": 12}})
+    env = {**os.environ, "NVILA_PROJECT_DIR": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "PYTHONPATH": str(root), "PREFECT_HOME": str(root / ".prefect")}
+    env.pop("PREFECT_API_URL", None)
+
+    first_log = tmp_path / "first.log"
+    proc = _start(root, env, first_log)
+    checkpoint = _wait_for_checkpoint(root, proc, first_log)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    sent = time.monotonic()
+    proc.wait(timeout=120)
+    took = time.monotonic() - sent
+    output = first_log.read_text()
+    assert proc.returncode == 130, output[-3000:]
+    assert took < 45, f"took {took:.0f} s to stop"
+    lines = [line for line in output.splitlines() if line.startswith("nvila: ")]
+    assert lines == [lines[0]] and "run the same command again to resume" in lines[0], lines
+    assert not _descendants_alive(proc.pid), "the stage, DVC and the servers stopped with it"
+    assert checkpoint.is_dir(), "the interrupted stage keeps its last checkpoint"
+    assert not list((root / ".nvila" / "workspaces").iterdir())
+
+    second_log = tmp_path / "second.log"
+    killed = _start(root, env, second_log)
+    deadline = time.monotonic() + 300
+    while not list((root / ".nvila" / "runs").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the run is registered: its MLflow and Prefect runs are open
+    time.sleep(3)
+    assert killed.poll() is None, second_log.read_text()[-3000:]
+    os.killpg(killed.pid, signal.SIGKILL)  # no chance to mark anything
+    killed.wait()
+
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "pipeline", "run", "--no-apply", *STAGES], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    client, parents = _mlflow(root)
+    assert [p.info.status for p in parents] == ["KILLED", "KILLED", "FINISHED"]
+    interrupted_stage = [r for r in client.search_runs(
+        [parents[0].info.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+        if r.info.status != "FINISHED"]
+    assert [r.info.status for r in interrupted_stage] == ["KILLED"]
+    states = _prefect_states(root, env)
+    flow_ids = [p.data.tags["prefect.flow_run_id"] for p in parents]
+    assert [states[i] for i in flow_ids] == ["Crashed", "Crashed", "Completed"]
+    last = {r.info.run_name: r for r in client.search_runs(
+        [parents[2].info.experiment_id], f"tags.mlflow.parentRunId = '{parents[2].info.run_id}'")}
+    assert last["generate"].data.tags["cached"] == "true"
+    assert not list((root / ".nvila" / "workspaces").iterdir()) and not list((root / ".nvila" / "runs").iterdir())
+    import dvc.api
+
+    exp = next(e for e in dvc.api.exp_show(repo=str(root)) if e.get("Experiment") == parents[2].info.run_name)
+    meta = dvc.api.read(f"runs/{checkpoint.parent.parent.parent.name}/meta.json", repo=str(root), rev=exp["rev"])
+    assert '"resumed_from": "' in meta, "the interrupted stage resumed from its checkpoint"
