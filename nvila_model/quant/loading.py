@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from nvila_model.quant import awq_adapter, w8a8
-from nvila_model.quant.quantize import QUANT_KIND, WEIGHTS, is_quantized, load_checkpoint
+from nvila_model.quant.quantize import QUANT_KIND, WEIGHTS, is_quantized, load_checkpoint, quantized_source
 
-VARIANTS = ("fp32", "bf16", "quantized")
+VARIANTS = ("auto", "fp32", "bf16", "quantized")  # auto: quantized for a `nvila quantize` directory, else fp32
 
 
 def read_quant_meta(path: str | Path) -> dict[str, Any]:
@@ -60,13 +60,20 @@ def load_quantized(path: str | Path, device: str = "cpu") -> nn.Module:
     return model.eval()
 
 
-def load_variant(path: str | Path, variant: str) -> tuple[nn.Module, Any]:
-    """(model, processor) for `variant`: fp32 or bf16 of an NVILA checkpoint, or a quantized directory."""
+def load_variant(path: str | Path, variant: str = "auto") -> tuple[nn.Module, Any]:
+    """(model, processor) for `variant`: fp32 or bf16 of an NVILA checkpoint, or a quantized directory (`auto` picks
+    by what `path` holds)."""
     from nvila_model.processor import NVILAProcessor
 
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} unknown; choose one of {VARIANTS}")
+    if variant == "auto":
+        variant = "quantized" if is_quantized(path) else "fp32"
     if variant == "quantized":
         return load_quantized(path), NVILAProcessor.from_pretrained(path)
-    model, processor = load_checkpoint(path)
+    if is_quantized(path):
+        raise ValueError(f"{path}: a quantized directory holds no {variant} weights; infer from it with --variant "
+                         f"quantized (or auto, the default), or pass --checkpoint {quantized_source(path)} "
+                         f"(the checkpoint it came from) for {variant}")
+    model, processor = load_checkpoint(path, task="run")
     return (model.to(torch.bfloat16) if variant == "bf16" else model), processor

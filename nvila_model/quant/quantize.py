@@ -27,8 +27,14 @@ def is_quantized(path: str | Path) -> bool:
     return meta_file.is_file() and json.loads(meta_file.read_text()).get("kind") == QUANT_KIND
 
 
-def check_nvila_checkpoint(path: str | Path) -> None:
-    """A clear `ValueError` unless `path` is an NVILA checkpoint directory (config.json with model_type nvila)."""
+def quantized_source(path: str | Path) -> str:
+    """The checkpoint a quantized directory was made from (meta.json `source_checkpoint`)."""
+    return str(json.loads((Path(path) / "meta.json").read_text()).get("source_checkpoint", "unknown"))
+
+
+def check_nvila_checkpoint(path: str | Path, task: str = "quantize") -> None:
+    """A clear `ValueError` unless `path` is a full-precision NVILA checkpoint directory (config.json with model_type
+    nvila, not a quantized export) that the caller can `task`."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -38,15 +44,16 @@ def check_nvila_checkpoint(path: str | Path) -> None:
         raise ValueError(f"{path}: not an NVILA checkpoint: config.json model_type is {model_type!r}, expected "
                          "'nvila' (quantize takes the output of a training or fine-tuning stage)")
     if is_quantized(path):
-        raise ValueError(f"{path}: already quantized; quantize the fp32 checkpoint it came from")
+        raise ValueError(f"{path}: already quantized (`nvila quantize` output), so it has no full-precision weights "
+                         f"to {task}; use the checkpoint it came from: {quantized_source(path)}")
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, Any]:
-    """(model in eval mode, processor) of an NVILA checkpoint directory."""
+def load_checkpoint(path: str | Path, task: str = "quantize") -> tuple[nn.Module, Any]:
+    """(model in eval mode, processor) of a full-precision NVILA checkpoint directory, loaded to `task`."""
     from nvila_model.modeling import NVILAForConditionalGeneration
     from nvila_model.processor import NVILAProcessor
 
-    check_nvila_checkpoint(path)
+    check_nvila_checkpoint(path, task)
     model = NVILAForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval()
     return model, NVILAProcessor.from_pretrained(path)
 
