@@ -103,7 +103,8 @@ def _print_summary(root: Path, result: dict[str, Any], seconds: float) -> None:
     if result["metrics"]:
         typer.echo(markdown_table({name: {k: v for k, v in m.items() if k.startswith(("acc_", "chance_"))}
                                    for name, m in result["metrics"].items()}))
-    where = "this working tree (runs/, data/)" if result["applied"] else f"`dvc exp apply {result['experiment']}`"
+    where = ("this working tree (runs/, data/)" if result["applied"] else
+             "the DVC experiment (a partial run is not applied to this tree; see `dvc exp show`)")
     typer.echo(f"Outputs: {where}; `dvc exp show` compares runs.")
     typer.echo(f"MLflow run {result['mlflow_run_id']} in {tracking_uri()}")
     typer.echo(f"UIs: `make ui` (or `nvila ui`), then Prefect http://127.0.0.1:4200, MLflow {ui_url()}")
