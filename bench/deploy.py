@@ -97,7 +97,7 @@ def time_once(model, sample: dict, decode_tokens: int) -> dict[str, float]:
     t3 = time.perf_counter()
     for _ in range(decode_tokens):
         token = out.logits[:, -1:].argmax(-1)
-        out = model.language_model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+        out = model.language_model(input_ids=token, cache=out.cache, use_cache=True)
     t4 = time.perf_counter()
     return {"vision": t1 - t0, "prefill": t3 - t2, "decode_tok_s": decode_tokens / (t4 - t3)}
 

@@ -94,6 +94,8 @@ def _print_summary(root: Path, result: dict[str, Any], seconds: float) -> None:
     ran = [s for s, how in result["stages"].items() if how == "ran"]
     typer.echo(f"\nPipeline finished in {seconds / 60:.1f} min: DVC experiment {result['experiment']}, "
                f"{len(ran)} stage(s) ran, {len(result['stages']) - len(ran)} restored from the cache.")
+    typer.echo("  " + ", ".join(f"{stage} {result['stage_seconds'][stage]:.0f}s ({how})"
+                                for stage, how in result["stages"].items()))
     for column, metrics in result["metrics"].items():
         if "acc_mean" in metrics:
             typer.echo(f"Mean accuracy, {column}: {metrics['acc_mean']:.3f} "
@@ -101,7 +103,8 @@ def _print_summary(root: Path, result: dict[str, Any], seconds: float) -> None:
     if result["metrics"]:
         typer.echo(markdown_table({name: {k: v for k, v in m.items() if k.startswith(("acc_", "chance_"))}
                                    for name, m in result["metrics"].items()}))
-    where = "this working tree (runs/, data/)" if result["applied"] else f"`dvc exp apply {result['experiment']}`"
+    where = ("this working tree (runs/, data/)" if result["applied"] else
+             "the DVC experiment (a partial run is not applied to this tree; see `dvc exp show`)")
     typer.echo(f"Outputs: {where}; `dvc exp show` compares runs.")
     typer.echo(f"MLflow run {result['mlflow_run_id']} in {tracking_uri()}")
     typer.echo(f"UIs: `make ui` (or `nvila ui`), then Prefect http://127.0.0.1:4200, MLflow {ui_url()}")

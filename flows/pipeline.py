@@ -115,8 +115,8 @@ def nvila_pipeline(
     `dvc exp run -S`. Unset parameters keep params.yaml's values. `init_checkpoint` (a released NVILA checkpoint
     folder) adapts that model instead of training one: it is imported, fine-tuned, quantized, evaluated and
     registered (an `init_checkpoints` entry named after the folder). `apply` brings the finished experiment into the
-    project's working tree. Returns the experiment name, the MLflow parent run, what each stage did, the eval
-    metrics and the training stages' cost.
+    project's working tree (a run of every stage only). Returns the experiment name, the MLflow parent run, what
+    each stage did, the eval metrics and the training stages' cost.
     """
     project = project_dir()
     settings = run_overrides({"preset": preset, "seed": seed, "keep_ratio": keep_ratio,
@@ -154,8 +154,12 @@ def nvila_pipeline(
         finally:
             close_pipeline_run(run, status, tags)
             liveness.unregister(project, name)
-    if apply:
+    # Only a run of every stage is applied: DVC applies a partial experiment but leaves the stages it did not run
+    # without outputs (and fails on them), so the working tree would not be reproducible.
+    applied = apply and stages == "all"
+    if applied:
         apply_experiment(project, exp)
-    return {"experiment": exp, "mlflow_run_id": run.parent_run_id, "applied": apply,
+    return {"experiment": exp, "mlflow_run_id": run.parent_run_id, "applied": applied,
             "stages": {r["stage"]: "restored" if r["cached"] else "ran" for r in results},
+            "stage_seconds": {r["stage"]: r["seconds"] for r in results},
             "metrics": columns, "train_cost": cost}

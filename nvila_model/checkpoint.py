@@ -21,8 +21,14 @@ def is_quantized(path: str | Path) -> bool:
     return meta_file.is_file() and json.loads(meta_file.read_text()).get("kind") == QUANT_KIND
 
 
-def check_nvila_checkpoint(path: str | Path, allow_quantized: bool = True) -> None:
-    """A clear `ValueError` unless `path` is an NVILA checkpoint directory (config.json with model_type nvila)."""
+def quantized_source(path: str | Path) -> str:
+    """The checkpoint a quantized directory was made from (meta.json `source_checkpoint`)."""
+    return str(json.loads((Path(path) / "meta.json").read_text()).get("source_checkpoint", "unknown"))
+
+
+def check_nvila_checkpoint(path: str | Path, allow_quantized: bool = True, task: str = "load") -> None:
+    """A clear `ValueError` unless `path` is an NVILA checkpoint directory (config.json with model_type nvila) that
+    the caller can `task` (a quantized export has no full-precision weights to train or quantize)."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -35,11 +41,13 @@ def check_nvila_checkpoint(path: str | Path, allow_quantized: bool = True) -> No
         raise ValueError(f"{path}: not an NVILA checkpoint: config.json model_type is {model_type!r}, expected "
                          "'nvila' (the output of a training, fine-tuning or quantize stage)")
     if not allow_quantized and is_quantized(path):
-        raise ValueError(f"{path}: already quantized; use the unquantized checkpoint it came from")
+        raise ValueError(f"{path}: already quantized (`nvila quantize` output), so it has no full-precision weights "
+                         f"to {task}; use the checkpoint it came from: {quantized_source(path)}")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device | None = "auto",
-                    dtype: torch.dtype | str = torch.float32, allow_quantized: bool = True) -> tuple[nn.Module, Any]:
+                    dtype: torch.dtype | str = torch.float32, allow_quantized: bool = True,
+                    task: str = "load") -> tuple[nn.Module, Any]:
     """(model, processor) of any NVILA directory, plain or quantized.
 
     `device`: a setting for `resolve_device` (auto: cuda when available), or None to leave the weights where loading
@@ -52,7 +60,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = "auto"
 
     path = Path(path)
     target = None if device is None else resolve_device(device)
-    check_nvila_checkpoint(path, allow_quantized)
+    check_nvila_checkpoint(path, allow_quantized, task)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise ValueError(f"{weights}: not found; {path} is not a complete NVILA checkpoint directory")

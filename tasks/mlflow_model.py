@@ -30,7 +30,9 @@ class NVILAPyfunc(mlflow.pyfunc.PythonModel):
         self.device = resolve_device(config.get("device", "auto"), "model_config.device")
         self.model, self.processor = load_checkpoint(context.artifacts[CHECKPOINT], self.device)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+    # `model_input` is left unannotated: MLflow reads a type hint there as a schema to validate against, and the
+    # input (a DataFrame or rows of prompt/image) is validated by the logged signature instead.
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> list[str]:  # noqa: ANN001
         import torch
         from PIL import Image
 
@@ -38,6 +40,7 @@ class NVILAPyfunc(mlflow.pyfunc.PythonModel):
         answers = []
         for row in rows:
             image = row.get("image")
+            image = image if isinstance(image, str) and image else None  # a DataFrame holds a missing image as NaN
             text = ("<image>\n" if image else "") + str(row["prompt"])
             batch = self.processor.encode(
                 [{"from": "human", "value": text}], images=[Image.open(image)] if image else None,

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,7 @@ def run_stage(stage: str, ws: Workspace, run: RunContext) -> dict[str, Any]:
     tracker = start_run(run.experiment, stage, tags=stage_tags(stage), parent=run.parent())
     marker = Path(tempfile.mkdtemp(prefix="nvila-stage-")) / "ran"
     status = run_status(False)
+    started = time.perf_counter()
     try:
         run_dvc(stage, ws, {RUN_ENV: tracker.run_id, MARKER_ENV: str(marker)})
         entry = lock_entry(ws.root, stage)
@@ -163,7 +165,9 @@ def run_stage(stage: str, ws: Workspace, run: RunContext) -> dict[str, Any]:
         get_run_logger().info("%s: %s", stage, f"restored from the cache (computed by run {origin})" if cached
                               else "ran")
         status = run_status(True)
-        return {"stage": stage, "cached": cached, "cached_from": origin, "outs": digest}
+        seconds = round(time.perf_counter() - started, 2)
+        tracker.log_metrics({"stage_seconds": seconds})
+        return {"stage": stage, "cached": cached, "cached_from": origin, "outs": digest, "seconds": seconds}
     except KeyboardInterrupt:
         status = "KILLED"
         raise

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from nvila_model.data.manifest import default_media_root, read_manifest
+from nvila_model.data.manifest import media_root_for, read_manifest
 from nvila_model.deltaloss.config import SCORES_FILE, TRAIN_MANIFEST, ScoreConfig
 from nvila_model.deltaloss.scorer import SCORE_COLUMNS, ScorerPair, check_ids, score_records_local
 from nvila_model.manifest import staged_output, write_stage_manifest
@@ -91,13 +91,17 @@ def run_score(cfg: ScoreConfig, *, data: str | Path, out: str | Path, scorers: s
     if cfg.max_samples is not None:
         records = records[: cfg.max_samples]
     check_ids(records, manifest)
-    media_root = default_media_root(manifest).resolve()
+    media_root = media_root_for(manifest, None, f"the media root of {data}").resolve()
     if cfg.small_checkpoint is None:
         from nvila_model.deltaloss.bootstrap import bootstrap_scorers
 
         small, large = bootstrap_scorers(cfg.bootstrap, records, media_root, tokenizer, scorers, cfg.seed)
     else:
+        from nvila_model.checkpoint import check_nvila_checkpoint
+
         small, large = Path(cfg.small_checkpoint), Path(cfg.large_checkpoint)
+        for path in (small, large):  # here, not inside a Ray actor where it would surface as ActorDiedError
+            check_nvila_checkpoint(path, task="score with")
     Path(scorers).mkdir(parents=True, exist_ok=True)  # which scorers were used, beside any trained proxies
     (Path(scorers) / "scorers.json").write_text(json.dumps({"small": str(small), "large": str(large),
                                                             "bootstrap": cfg.small_checkpoint is None}, indent=2))

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import PrinterCallback, TrainingArguments, set_seed
 
 from nvila_model.checkpoint import load_checkpoint
+from nvila_model.cli import progress_bars
 from nvila_model.data.collate import PaddingCollator
 from nvila_model.data.loader import LlavaDataset
-from nvila_model.data.manifest import default_media_root, read_manifest, schema_problem
+from nvila_model.data.manifest import media_root_for, read_manifest, schema_problem
 from nvila_model.device import resolve_device
 from nvila_model.finetune.config import MODES, FinetuneConfig
 from nvila_model.finetune.memory import PeakMemory, model_state_bytes
@@ -50,7 +51,8 @@ def training_args(cfg: FinetuneConfig, out: Path, bf16: bool) -> TrainingArgumen
         gradient_accumulation_steps=cfg.grad_accum, max_steps=cfg.max_steps, learning_rate=cfg.lr,
         lr_scheduler_type="cosine", warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps, save_strategy="no", bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
-        report_to="none", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+        report_to="none", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not progress_bars())
 
 
 def export(model: Any, processor: Any, out: Path, checkpoint: Path) -> None:
@@ -77,7 +79,7 @@ def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path, data: str | Path, 
     checkpoint, data, final = Path(checkpoint), Path(data), Path(output)
     torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
-    model, processor = load_checkpoint(checkpoint, device=None, allow_quantized=False)
+    model, processor = load_checkpoint(checkpoint, device=None, allow_quantized=False, task="fine-tune")
     records, dropped = valid_records(data)
     total_params = sum(p.numel() for p in model.parameters())
     qlora = MODES[cfg.mode][1] == "qlora"
@@ -89,14 +91,17 @@ def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path, data: str | Path, 
     lrs = module_lrs(model, cfg)
     state_bytes = model_state_bytes(model)
     precision = resolve_precision(cfg.precision)
-    dataset = LlavaDataset(records, default_media_root(data), processor, max_length=cfg.max_length)
-    callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
+    dataset = LlavaDataset(records, media_root_for(data, None, f"the media root of {data}"), processor,
+                           max_length=cfg.max_length)
+    callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum, name="finetune",
+                             progress_lines=not progress_bars())
     with staged_output(final) as out:
         # The Trainer's output_dir stays empty (fine-tuning saves no Trainer checkpoints); it lives in the staging
         # folder so nothing is written beside the output.
         args = training_args(cfg, out, precision == "bf16")
         trainer = NVILATrainer(model=model, args=args, train_dataset=dataset,
                                data_collator=PaddingCollator(processor.pad_id), module_lrs=lrs, callbacks=[callback])
+        trainer.remove_callback(PrinterCallback)  # without a tqdm bar, StageCallback prints the progress lines
         tracker.log_params({f"finetune.{k}": v for k, v in asdict(cfg).items()})
         started = time.perf_counter()
         with PeakMemory() as memory:

@@ -7,11 +7,8 @@ from typing import Any
 
 import torch
 
-from nvila_model.checkpoint import is_quantized, load_checkpoint
-from nvila_model.data.loader import load_image, load_video
-from nvila_model.device import resolve_device
-
-VARIANTS = {"fp32": torch.float32, "bf16": torch.bfloat16, "quantized": None}
+from nvila_model.data.loader import LOAD_ERRORS, load_image, load_video
+from nvila_model.quant.loading import load_variant
 
 
 def prepare_prompt(processor: Any, prompt: str, image: str | Path | None = None,
@@ -20,14 +17,17 @@ def prepare_prompt(processor: Any, prompt: str, image: str | Path | None = None,
     if image is not None and video is not None:
         raise ValueError("give an image or a video, not both")
     images, frames = None, None
-    if image is not None:
-        if not Path(image).is_file():
-            raise ValueError(f"{image}: image not found")
-        images = [load_image(image)]
-    if video is not None:
-        if not Path(video).is_file():
-            raise ValueError(f"{video}: video not found")
-        frames = load_video(video, processor.video_frame_indices)
+    for path, kind in ((image, "image"), (video, "video")):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{path}: {kind} not found")
+    try:
+        if image is not None:
+            images = [load_image(image)]
+        if video is not None:
+            frames = load_video(video, processor.video_frame_indices)
+    except LOAD_ERRORS as exc:
+        path = image if video is None else video
+        raise ValueError(f"{path}: cannot decode it ({type(exc).__name__}: {exc})") from exc
     return processor.encode_prompt(prompt, images=images, video=frames)
 
 
@@ -42,21 +42,11 @@ def generate_ids(model: Any, sample: dict[str, torch.Tensor], max_new_tokens: in
     return out[0, input_ids.shape[1]:]
 
 
-def load_variant(checkpoint: str | Path, variant: str, device: str | torch.device = "auto") -> tuple[Any, Any]:
-    """(model, processor): fp32 or bf16 of a plain checkpoint, or a quantized export, on `device`."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant {variant!r} unknown; choose one of {tuple(VARIANTS)}")
-    device = resolve_device(device)
-    if (variant == "quantized") != is_quantized(checkpoint):
-        kind = "a quantized" if variant == "quantized" else "an unquantized"
-        raise ValueError(f"{checkpoint}: variant {variant} needs {kind} directory")
-    return load_checkpoint(checkpoint, device, dtype=VARIANTS[variant] or torch.float32)
-
-
-def run_infer(checkpoint: str | Path, prompt: str, variant: str = "fp32", image: str | Path | None = None,
+def run_infer(checkpoint: str | Path, prompt: str, variant: str = "auto", image: str | Path | None = None,
               video: str | Path | None = None, max_new_tokens: int = 32, num_threads: int = 2,
               device: str = "auto") -> str:
-    """Load `variant` of `checkpoint` on `device` (auto: cuda when available) and answer `prompt` about the media."""
+    """Load `variant` of `checkpoint` on `device` (auto: cuda when available) and answer `prompt` about the image
+    or video."""
     torch.set_num_threads(num_threads)
     model, processor = load_variant(checkpoint, variant, device)
     sample = prepare_prompt(processor, prompt, image, video)

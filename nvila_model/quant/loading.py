@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from nvila_model.checkpoint import QUANT_KIND, is_quantized
+from nvila_model.checkpoint import QUANT_KIND, WEIGHTS, is_quantized
 from nvila_model.quant import awq_adapter, w8a8
 
-WEIGHTS = "model.safetensors"
+VARIANTS = ("auto", "fp32", "bf16", "quantized")  # auto: quantized for a `nvila quantize` directory, else fp32
 
 
 def read_quant_meta(path: str | Path) -> dict[str, Any]:
@@ -59,3 +59,22 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu") -> nn.M
         else:
             w8a8.quantize_linears(model.vision_tower, vision["quantized_layers"], vision["backend"])
     return model.eval()
+
+
+def load_variant(path: str | Path, variant: str = "auto", device: str | torch.device = "auto") -> tuple[nn.Module, Any]:
+    """(model, processor) for `variant` on `device` (auto: cuda when available): fp32 or bf16 of an NVILA checkpoint,
+    or a quantized directory (`auto` picks by what `path` holds)."""
+    from nvila_model.checkpoint import load_checkpoint, quantized_source
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} unknown; choose one of {VARIANTS}")
+    quantized = is_quantized(path)
+    if variant == "auto":
+        variant = "quantized" if quantized else "fp32"
+    if variant == "quantized" and not quantized:
+        raise ValueError(f"{path}: variant quantized needs a `nvila quantize` directory")
+    if variant != "quantized" and quantized:
+        raise ValueError(f"{path}: a quantized directory holds no {variant} weights; infer from it with --variant "
+                         f"quantized (or auto, the default), or pass --checkpoint {quantized_source(path)} "
+                         f"(the checkpoint it came from) for {variant}")
+    return load_checkpoint(path, device, dtype=torch.bfloat16 if variant == "bf16" else torch.float32, task="run")

@@ -108,7 +108,7 @@ def run_quantize(cfg: QuantizeConfig, checkpoint: str | Path, output: str | Path
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device, "quantize.device")
-    model, processor = load_checkpoint(checkpoint, device, allow_quantized=False)
+    model, processor = load_checkpoint(checkpoint, device, allow_quantized=False, task="quantize")
     meta, tensors = quantize_model(model, processor, cfg, manifest)
     meta |= {"source_checkpoint": str(checkpoint), "device": str(device)}
     with staged_output(output) as tmp:

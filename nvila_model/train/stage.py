@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import PrinterCallback, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from nvila_model.checkpoint import load_checkpoint
+from nvila_model.cli import progress_bars
 from nvila_model.data.collate import PackingCollator, PaddingCollator
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.manifest import read_manifest
@@ -107,7 +108,7 @@ def training_arguments(cfg: StageConfig, checkpoints: Path, bf16: bool) -> Train
         save_steps=cfg.save_steps, save_total_limit=1, bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
         dataloader_num_workers=cfg.num_workers, report_to="none", remove_unused_columns=False,
         activation_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed if use_deepspeed else None,
-        use_cpu=not torch.cuda.is_available(), save_only_model=False, disable_tqdm=False,
+        use_cpu=not torch.cuda.is_available(), save_only_model=False, disable_tqdm=not progress_bars(),
     )
 
 
@@ -233,9 +234,11 @@ def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]],
     fp8_layers = convert_fp8(model, precision) if precision.startswith("fp8") else []
     dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length, substitute_failed=True)
     collator, layout = make_collator(cfg, processor.pad_id, attention)
-    callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
+    callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum, name=stage,
+                             progress_lines=args.disable_tqdm)
     trainer = NVILATrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                            module_lrs=cfg.lr, callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # without a tqdm bar, StageCallback prints the progress lines
     run = {"stage": stage, "precision": precision, "attention": attention, "fp8_layers": len(fp8_layers),
            "packing": cfg.packing, "batch_layout": layout, "deepspeed": args.deepspeed or "off",
            "built_under_zero_init": zero3, "trainable_params": trainable, "num_train_records": len(records),

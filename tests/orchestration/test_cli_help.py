@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ def test_every_command_has_help() -> None:
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, f"nvila {' '.join(path)} --help: {result.output}"
         assert "Usage" in result.output
+        # options read cleanly: a flag shows no type tag, and there is no box drawing to garble logs
+        assert "<bool>" not in result.output and "╭" not in result.output, result.output
+        if path == ("data", "validate"):
+            assert "--media-root <path>" in result.output  # an option taking a value still says what kind
     assert ("pipeline", "run") in paths and ("ui",) in paths
 
 
@@ -37,12 +42,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch) -> None
     from flows.cli import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # main() defaults it off a terminal; keep it to this test
     monkeypatch.setattr("sys.argv", ["nvila", "prune", "--params", "missing.yaml", "--data", "d", "--scores", "s",
                                      "--out", "o"])
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == 2
     assert capsys.readouterr().err.strip() == "nvila: error: missing.yaml: params file not found"
+    argv = list(sys.argv)
+    monkeypatch.setattr("sys.argv", ["nvila", "train", "nosuchstage", "--out", "o"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == ("nvila: error: train: unknown stage 'nosuchstage'; choose one of "
+                                               "['projector_init', 'vision_pretrain', 'token_pretrain', "
+                                               "'image_sft', 'video_sft']")
+    monkeypatch.setattr("sys.argv", argv)
     monkeypatch.setenv("NVILA_DEBUG", "1")
     with pytest.raises(ValueError, match="params file not found"):
         main()

@@ -129,10 +129,38 @@ def test_infer_runs_every_variant(quantized_dir: Path, tiny_checkpoint: Path, ti
     assert generate_ids(model, prepare_prompt(processor, "What happens?", video=video), 3).shape[0] <= 3
     with pytest.raises(ValueError, match="not both"):
         prepare_prompt(processor, "x", image=image, video=video)
+    for name, data in (("broken.png", b"\x89PNG\r\n\x1a\n garbage"), ("broken.mp4", b"\x00\x00\x00\x18ftypmp42 x")):
+        (tiny_data.parent / name).write_bytes(data)
+        media = {"image" if name.endswith("png") else "video": tiny_data.parent / name}
+        with pytest.raises(ValueError, match=rf"{name}: cannot decode it"):
+            prepare_prompt(processor, "x", **media)
     with pytest.raises(ValueError, match="variant 'int3' unknown"):
         load_variant(tiny_checkpoint, "int3")
     with pytest.raises(ValueError, match="variant quantized needs a quantized directory"):
         load_variant(tiny_checkpoint, "quantized")
+
+
+def test_infer_picks_the_quantized_variant_of_a_quantized_directory(quantized_dir: Path, tiny_checkpoint: Path,
+                                                                    tiny_data: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    model, _ = load_variant(quantized_dir)  # auto
+    assert any(isinstance(m, DynamicQuantizedLinear) for m in model.vision_tower.modules())
+    assert not any(isinstance(m, DynamicQuantizedLinear) for m in load_variant(tiny_checkpoint)[0].modules())
+    with pytest.raises(ValueError, match=rf"holds no fp32 weights; infer from it with --variant quantized .*"
+                                         rf"--checkpoint {tiny_checkpoint}"):
+        load_variant(quantized_dir, "fp32")
+    image = tiny_data.parent / "img0.png"
+    result = CliRunner().invoke(app, ["infer", "--checkpoint", str(quantized_dir), "--prompt", "What colour?",
+                                      "--image", str(image), "--max-new-tokens", "2", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    from nvila_model.finetune.config import FinetuneConfig
+    from nvila_model.finetune.run import run_finetune
+
+    with pytest.raises(ValueError, match="already quantized .* no full-precision weights to fine-tune"):
+        run_finetune(FinetuneConfig(), quantized_dir, tiny_data, quantized_dir.parent / "finetuned")
 
 
 def test_cli_quantize_reads_params(tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path) -> None:
