@@ -25,7 +25,7 @@ install: $(BIN)/nvila
 # Refresh the lock from pyproject.toml's ranges (then `make test`, and commit requirements.lock with the change).
 lock:
 	test -x $(UV) || { test -x $(BIN)/python || $(PY) -m venv $(VENV); $(BIN)/pip install -q uv==0.13.8; }
-	$(UV) pip compile -q pyproject.toml --extra dev $(FIND) --python-version 3.11 \
+	$(UV) pip compile -q pyproject.toml --extra dev --extra qlora $(FIND) --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line -o $(LOCK)
 
 run: install
@@ -44,7 +44,19 @@ ui: install
 	$(BIN)/nvila ui
 
 bench: install
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in bench/*.py; do case $$b in bench/gpu_check*) continue;; esac; $(BIN)/python $$b || exit 1; done
+
+# One H100/H200-class GPU, <= 8 min: every GPU path, a table, bench/results/gpu_check.json (exit 2 without a GPU).
+# The lock's torch is the CPU build: this swaps in the CUDA build of the same version (PyPI's Linux wheel) and adds
+# the gpu extra. Offline: UV_OFFLINE=1 make gpu-check WHEELS=... GPU_WHEELS=... (README: GPU paths and make gpu-check).
+GPU_FIND := $(if $(GPU_WHEELS),--no-index --find-links $(GPU_WHEELS),)
+gpu-check: install
+	command -v nvidia-smi >/dev/null || { echo "gpu-check: no CUDA GPU on this machine (no nvidia-smi)" >&2; exit 2; }
+	$(UV) pip install -q --python $(BIN)/python $(GPU_FIND) --reinstall-package torch \
+		"torch==$$($(BIN)/python -c 'import torch; print(torch.__version__.split("+")[0])')"
+	$(BIN)/python bench/gpu_check.py --probe
+	$(UV) pip install -q --python $(BIN)/python $(GPU_FIND) --no-build-isolation -e '.[gpu]'
+	$(BIN)/python bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .prefect .nvila mlruns mlflow.db mlartifacts

@@ -60,7 +60,7 @@ def quantize_variants(checkpoint: Path, calib: Path, root: Path, args: argparse.
             paths[name] = checkpoint
             continue
         llm = {"group_size": args.group_size, "num_calib_samples": args.calib_samples, **changes.get("llm", {})}
-        values = {"num_threads": args.threads, "llm": llm}
+        values = {"num_threads": args.threads, "llm": llm, "device": "cpu"}  # a CPU benchmark
         paths[name] = run_quantize(parse(QuantizeConfig, values), checkpoint, root / name, calib)
     return paths
 
@@ -97,7 +97,7 @@ def time_once(model, sample: dict, decode_tokens: int) -> dict[str, float]:
     t3 = time.perf_counter()
     for _ in range(decode_tokens):
         token = out.logits[:, -1:].argmax(-1)
-        out = model.language_model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+        out = model.language_model(input_ids=token, cache=out.cache, use_cache=True)
     t4 = time.perf_counter()
     return {"vision": t1 - t0, "prefill": t3 - t2, "decode_tok_s": decode_tokens / (t4 - t3)}
 
@@ -130,12 +130,12 @@ def child(args: argparse.Namespace) -> None:
     from nvila_model.evaluate import predict  # noqa: F401  (imports before the baseline: peak is the model's)
     from nvila_model.finetune.memory import PeakMemory
     from nvila_model.quant import awq_adapter
-    from nvila_model.quant.loading import load_variant
+    from nvila_model.quant.infer import load_variant
 
     awq_adapter._awq()
     torch.set_num_threads(args.threads)
     with PeakMemory(interval_s=0.002) as memory:
-        model, processor = load_variant(args.child, "fp32" if args.variant == "fp32" else "quantized")
+        model, processor = load_variant(args.child, "fp32" if args.variant == "fp32" else "quantized", "cpu")
         for sample in prompts(processor, Path(args.data)).values():
             time_once(model.eval(), sample, decode_tokens=args.decode_tokens)
     print(json.dumps({"peak_rss_mb": memory.peak_bytes / 2**20}))
@@ -182,9 +182,9 @@ def peak_memory(path: Path, variant: str, args: argparse.Namespace, data: Path) 
 
 def measure(paths: dict[str, Path], args: argparse.Namespace, data: Path, trained: bool) -> dict[str, dict]:
     """Timings (interleaved, this process), peak memory (a child per variant) and accuracy (when trained)."""
-    from nvila_model.quant.loading import load_variant
+    from nvila_model.quant.infer import load_variant
 
-    loaded = {v: load_variant(p, "fp32" if v == "fp32" else "quantized") for v, p in paths.items()}
+    loaded = {v: load_variant(p, "fp32" if v == "fp32" else "quantized", "cpu") for v, p in paths.items()}
     models = {v: model.eval() for v, (model, _) in loaded.items()}
     samples = {v: prompts(processor, data) for v, (_, processor) in loaded.items()}
     results = time_variants(models, samples, args.decode_tokens, args.repeats)

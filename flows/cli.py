@@ -17,16 +17,19 @@ from pathlib import Path
 import typer
 
 from flows import commands as flow_commands
+from nvila_model.cli import configure_console
 from nvila_model.data import cli as data_cli
 from nvila_model.deltaloss import cli as deltaloss_cli
 from nvila_model.official import cli as official_cli
 from nvila_model.peer import cli as peer_cli
 from nvila_model.quant import cli as quant_cli
 from nvila_model.train import cli as train_cli
+from tasks.dvc_stages import StageFailed
 from tasks.env import configure
 
 app = typer.Typer(help="NVILA pipeline: data, DeltaLoss pruning, five-stage training, fine-tuning, deployment.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"max_content_width": 120})  # plain help, no <bool> tags
 
 for module in (data_cli, train_cli, deltaloss_cli, quant_cli, official_cli, peer_cli, flow_commands):
     module.register(app)
@@ -76,10 +79,15 @@ def main() -> None:
     path) prints as one line per problem and exits 2; another I/O error exits 75 (transient: the pipeline retries
     the stage); NVILA_DEBUG=1 shows the traceback instead."""
     configure()
+    configure_console()
     _setup_stage_run()
     try:
         app()
-    except KeyboardInterrupt:
+    except StageFailed as exc:  # the stage's own message; a bad input there is a bad input of the run
+        if os.environ.get("NVILA_DEBUG") == "1":
+            raise
+        _error(str(exc).splitlines(), 2 if exc.exit_code == 2 else 1)
+    except (KeyboardInterrupt, flow_commands.Interrupted):
         typer.echo("nvila: interrupted. Finished stages are in DVC's cache and an interrupted training stage keeps "
                    "its last checkpoint: run the same command again to resume.", err=True)
         sys.exit(130)

@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,19 @@ pipeline_app = typer.Typer(help="Run, serve and trigger the Prefect pipeline flo
 PARAMS_OPT = typer.Option("params.yaml", "--params", help="params file (relative to the project root)")
 SET_OPT = typer.Option([], "--set", help="KEY.FIELD=VALUE setting for this run, e.g. image_sft.epochs=5 "
                        "(repeatable; VALUE is YAML; as `dvc exp run -S`)")
+
+
+class Interrupted(Exception):  # noqa: N818 - the user's Ctrl-C, not an error of ours
+    """Ctrl-C (or SIGTERM) stopped a pipeline run: its stage was stopped and its runs marked; `main` says how to
+    resume and exits 130. (Click turns a KeyboardInterrupt into a silent exit 130 on its own.)"""
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted() from None
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -53,12 +68,16 @@ def run(
 ) -> None:
     """Run the pipeline now as a DVC experiment (a Prefect server on 127.0.0.1 unless PREFECT_API_URL is set)."""
     root = _enter_project()
-    from flows.config import load_pipeline_config, parse_overrides
+    from flows.config import check_params, load_pipeline_config, parse_overrides, run_overrides
 
     cfg = load_pipeline_config(params)
     overrides = parse_overrides(set_) or None
+    # Settings are checked here too, so a mistake is one line before any server starts (the flow checks them again
+    # for runs triggered from the UI).
+    check_params(root / params, run_overrides({"preset": preset, "seed": seed, "keep_ratio": keep_ratio,
+                                               "prune_method": prune_method}, overrides))
     start = time.monotonic()
-    with prefect_api(root):
+    with interruptible(), prefect_api(root):
         from flows.pipeline import nvila_pipeline
 
         result = nvila_pipeline(preset=preset, stages=_split(stages) or cfg.stages, seed=seed, keep_ratio=keep_ratio,
@@ -76,6 +95,8 @@ def _print_summary(root: Path, result: dict[str, Any], seconds: float) -> None:
     ran = [s for s, how in result["stages"].items() if how == "ran"]
     typer.echo(f"\nPipeline finished in {seconds / 60:.1f} min: DVC experiment {result['experiment']}, "
                f"{len(ran)} stage(s) ran, {len(result['stages']) - len(ran)} restored from the cache.")
+    typer.echo("  " + ", ".join(f"{stage} {result['stage_seconds'][stage]:.0f}s ({how})"
+                                for stage, how in result["stages"].items()))
     for column, metrics in result["metrics"].items():
         if "acc_mean" in metrics:
             typer.echo(f"Mean accuracy, {column}: {metrics['acc_mean']:.3f} "
@@ -83,7 +104,8 @@ def _print_summary(root: Path, result: dict[str, Any], seconds: float) -> None:
     if result["metrics"]:
         typer.echo(markdown_table({name: {k: v for k, v in m.items() if k.startswith(("acc_", "chance_"))}
                                    for name, m in result["metrics"].items()}))
-    where = "this working tree (runs/, data/)" if result["applied"] else f"`dvc exp apply {result['experiment']}`"
+    where = ("this working tree (runs/, data/)" if result["applied"] else
+             "the DVC experiment (a partial run is not applied to this tree; see `dvc exp show`)")
     typer.echo(f"Outputs: {where}; `dvc exp show` compares runs.")
     typer.echo(f"MLflow run {result['mlflow_run_id']} in {tracking_uri()}")
     typer.echo(f"UIs: `make ui` (or `nvila ui`), then Prefect http://127.0.0.1:4200, MLflow {ui_url()}")
@@ -106,7 +128,7 @@ def sweep(
 
     ratios = [float(r) for r in _split(keep_ratios)] if keep_ratios else None
     overrides = parse_overrides(set_) or None
-    with prefect_api(root):
+    with interruptible(), prefect_api(root):
         from flows.sweep import pruning_sweep
         from tasks.sweep import markdown_table
 

@@ -61,11 +61,7 @@ def check_parameters(flow: object, parameters: dict[str, object]) -> None:
 
 
 def parameter_problem(exc: Exception) -> str:
-    """Prefect's parameter validation error as one line: which parameter, what is wrong."""
-    cause = exc.__cause__ or exc
-    errors = getattr(cause, "errors", None)
-    if callable(errors):
-        return "; ".join(f"parameter {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors())
+    """Prefect's parameter validation error (which parameter, what is wrong) as one line."""
     return " ".join(str(exc).split())
 
 

@@ -28,8 +28,16 @@ from tasks.dvc_stages import out_paths, output_dir, plan
 from tasks.env import project_dir
 from tasks.report import close_pipeline_run, open_pipeline_run, publish_report, read_metrics, register_model
 from tasks.stage_task import RunContext, run_stage
-from tasks.tracking import dvc_lock_hashes, flatten, run_status
-from tasks.workspace import Workspace, apply_experiment, save_experiment, set_params, valid_name, workspace
+from tasks.tracking import dvc_lock_hashes, flatten, run_status, tracking_file
+from tasks.workspace import (
+    Workspace,
+    apply_experiment,
+    check_writable,
+    save_experiment,
+    set_params,
+    valid_name,
+    workspace,
+)
 
 TRAINING = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")
 
@@ -119,8 +127,8 @@ def nvila_pipeline(
     `dvc exp run -S`. Unset parameters keep params.yaml's values. `init_checkpoint` (a released NVILA checkpoint
     folder) adapts that model instead of training one: it is imported, fine-tuned, quantized, evaluated and
     registered (an `init_checkpoints` entry named after the folder). `apply` brings the finished experiment into the
-    project's working tree. Returns the experiment name, the MLflow parent run, what each stage did, the eval
-    metrics and the training stages' cost.
+    project's working tree (a run of every stage only). Returns the experiment name, the MLflow parent run, what
+    each stage did, the eval metrics and the training stages' cost.
     """
     project = project_dir()
     settings = run_overrides({"preset": preset, "seed": seed, "keep_ratio": keep_ratio,
@@ -132,6 +140,7 @@ def nvila_pipeline(
     models = chains(data, registered_model)
     targets = list(stages) if stages != "all" else [s for m in models for s in (m["eval"], m["eval_quantized"]) if s]
     name = valid_name(str(flow_run.name or "nvila-run"))
+    check_writable(project, [p for p in (tracking_file(),) if p is not None])
     liveness.reap_stale(project)
     with workspace(project, name) as ws:
         if settings:
@@ -157,8 +166,12 @@ def nvila_pipeline(
         finally:
             close_pipeline_run(run, status, tags)
             liveness.unregister(project, name)
-    if apply:
+    # Only a run of every stage is applied: DVC applies a partial experiment but leaves the stages it did not run
+    # without outputs (and fails on them), so the working tree would not be reproducible.
+    applied = apply and stages == "all"
+    if applied:
         apply_experiment(project, exp)
-    return {"experiment": exp, "mlflow_run_id": run.parent_run_id, "applied": apply,
+    return {"experiment": exp, "mlflow_run_id": run.parent_run_id, "applied": applied,
             "stages": {r["stage"]: "restored" if r["cached"] else "ran" for r in results},
+            "stage_seconds": {r["stage"]: r["seconds"] for r in results},
             "metrics": columns, "train_cost": cost}

@@ -124,6 +124,10 @@ def prefect_api(root: Path) -> Iterator[str]:
     try:
         yield os.environ["PREFECT_API_URL"]
     finally:
+        if "prefect" in sys.modules:  # send the logs still queued for the server before stopping it
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
         stop(proc)
         os.environ.pop("PREFECT_API_URL", None)
 
@@ -132,9 +136,9 @@ def watch_log(path: Path, prefix: str, markers: tuple[str, ...] = ("ERROR", "Tra
     """Print the lines of a server's log that report errors, as they are written (a daemon thread), so they are
     seen in the terminal rather than left in the log file."""
 
-    def follow() -> None:
+    def follow(start: int) -> None:
         with open(path, errors="replace") as fh:
-            fh.seek(0, os.SEEK_END)
+            fh.seek(start)
             while True:
                 line = fh.readline()
                 if not line:
@@ -143,4 +147,6 @@ def watch_log(path: Path, prefix: str, markers: tuple[str, ...] = ("ERROR", "Tra
                     print(f"{prefix}: {line.rstrip()}  (full log: {path})", file=sys.stderr, flush=True)
 
     path.touch()
-    threading.Thread(target=follow, daemon=True, name=f"watch-{path.name}").start()
+    # The offset is taken now, not when the thread first runs, so lines written in between are not skipped.
+    start = path.stat().st_size
+    threading.Thread(target=follow, args=(start,), daemon=True, name=f"watch-{path.name}").start()

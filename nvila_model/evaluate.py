@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from nvila_model.checkpoint import load_checkpoint
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
+from nvila_model.device import resolve_device
 from nvila_model.manifest import staged_output, write_stage_manifest
 from nvila_model.train.config import EvalConfig
 
@@ -53,29 +55,6 @@ def score_predictions(rows: list[dict[str, Any]], chance: dict[str, float] | Non
     return metrics
 
 
-def load_model(checkpoint: str | Path):
-    """Any model directory the pipeline writes: a training stage, a fine-tune, a quantized export, or a peer."""
-    from nvila_model.modeling import NVILAForConditionalGeneration
-    from nvila_model.processor import NVILAProcessor
-
-    path = Path(checkpoint)
-    from nvila_model.quant.quantize import is_quantized
-
-    if (path / "config.json").is_file() and json.loads((path / "config.json").read_text()).get("model_type") == "llava":
-        from nvila_model.peer.model import load_peer  # the peer (transformers' LLaVA), imported only for one
-
-        return load_peer(path)
-    if is_quantized(path):
-        from nvila_model.quant.loading import load_quantized
-
-        model = load_quantized(path)
-    else:
-        if not (path / "config.json").is_file():
-            raise ValueError(f"{path}: not a model directory (no config.json)")
-        model = NVILAForConditionalGeneration.from_pretrained(path)
-    return model.eval(), NVILAProcessor.from_pretrained(path)
-
-
 def test_samples(cfg: EvalConfig, datasets: DatasetsConfig, data: str | Path | None) -> list[dict[str, Any]]:
     registry = DatasetRegistry(datasets, data)
     records, seen = [], defaultdict(int)
@@ -108,13 +87,26 @@ def predict(model, processor, records: list[dict[str, Any]], batch_size: int, ma
                           "question": conv[-2]["value"], "visual_tokens": _visual_tokens(prompt, processor)})
         if not prompts:
             continue
-        batch = processor.pad(prompts, padding_side="left")
+        batch = on_device(processor.pad(prompts, padding_side="left"), model)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         for meta, ids in zip(metas, out[:, batch["input_ids"].shape[1]:], strict=True):
             meta["prediction"] = processor.decode(ids)
             meta["correct"] = exact_match(meta["prediction"], meta["answer"])
             rows.append(meta)
     return rows, raw.failures
+
+
+def on_device(batch: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """The batch's tensors moved to the model's device."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def synchronized_clock(like: torch.Tensor) -> float:
+    """perf_counter after the GPU queue of `like`'s device has drained (CUDA kernels run asynchronously)."""
+    if like.is_cuda:
+        torch.cuda.synchronize(like.device)
+    return time.perf_counter()
 
 
 def _visual_tokens(prompt: dict[str, torch.Tensor], processor) -> int:
@@ -132,28 +124,29 @@ def efficiency(model, processor, records: list[dict[str, Any]], samples: int, de
         sample = raw[i]
         if sample is None:
             continue
-        prompt = processor.pad([processor.encode(sample["conversations"][:-1], sample["images"] or None,
-                                                 sample["video"], add_generation_prompt=True)])
-        t0 = time.perf_counter()
+        prompt = on_device(processor.pad([processor.encode(sample["conversations"][:-1], sample["images"] or None,
+                                                           sample["video"], add_generation_prompt=True)]), model)
+        t0 = synchronized_clock(prompt["input_ids"])
         model(**prompt, use_cache=True)
-        t1 = time.perf_counter()
+        t1 = synchronized_clock(prompt["input_ids"])
         model.generate(**prompt, max_new_tokens=decode_tokens, min_new_tokens=decode_tokens, do_sample=False)
-        t2 = time.perf_counter()
+        t2 = synchronized_clock(prompt["input_ids"])
         if i:  # the first sample only warms up
             prefill.append(t1 - t0)
             decode.append((decode_tokens - 1) / max(1e-9, (t2 - t1) - (t1 - t0)))
-    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    on_gpu = next(model.parameters()).is_cuda
+    peak = torch.cuda.max_memory_allocated() if on_gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"prefill_ms": 1000 * sum(prefill) / max(1, len(prefill)),
             "decode_tokens_per_s": sum(decode) / max(1, len(decode)), "peak_memory_mb": peak / 2**20}
 
 
 def run_eval(cfg: EvalConfig, datasets: DatasetsConfig, *, data: str | Path | None, checkpoint: str | Path,
              out: str | Path) -> dict[str, float]:
-    """Evaluate `checkpoint` on the test split of `cfg.datasets` in the corpus `data`; write `metrics.json` (flat),
-    `predictions.jsonl` and `manifest.json` to `out`; returns the metrics. Chance levels come from the corpus's
-    `subsets.json` when it has one."""
-    model, processor = load_model(checkpoint)
+    """Evaluate `checkpoint` on the test split of `cfg.datasets` in the corpus `data` on `cfg.device`; write
+    `metrics.json` (flat), `predictions.jsonl` and `manifest.json` (with the device) to `out`; returns the metrics.
+    Chance levels come from the corpus's `subsets.json` when it has one."""
+    device = resolve_device(cfg.device, "eval.device")
+    model, processor = load_checkpoint(checkpoint, device)
     records = test_samples(cfg, datasets, data)
     chance = None
     subsets_file = Path(data or ".") / SUBSETS_FILE
@@ -171,5 +164,6 @@ def run_eval(cfg: EvalConfig, datasets: DatasetsConfig, *, data: str | Path | No
         with open(tmp / "predictions.jsonl", "w") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
-        write_stage_manifest(tmp, "eval", asdict(cfg), inputs={"checkpoint": Path(checkpoint) / "model.safetensors"})
+        write_stage_manifest(tmp, "eval", asdict(cfg), inputs={"checkpoint": Path(checkpoint) / "model.safetensors"},
+                             device=str(device))
     return metrics

@@ -47,7 +47,7 @@ class NVILAPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
 
 
 class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
@@ -69,8 +69,10 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
     @classmethod
     def from_components(cls, config: NVILAConfig, vision_path: str | Path | None = None,
                         llm_path: str | Path | None = None) -> NVILAForConditionalGeneration:
-        """Build from `config`, loading the vision tower and/or LLM from local pretrained directories."""
-        model = cls(config)
+        """Build from `config`, loading the vision tower and/or LLM from local pretrained directories. Under ZeRO-3
+        (a registered DeepSpeed config) transformers builds and loads inside `deepspeed.zero.Init`, so no rank
+        materialises the whole model first."""
+        model = cls._from_config(config)
         if vision_path is not None:
             model.vision_tower = SiglipVisionModel.from_pretrained(vision_path)
             model.config.vision_config = model.vision_tower.config
@@ -116,11 +118,16 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         return x_NPC.reshape(x_NPC.shape[0], side, side, x_NPC.shape[-1])
 
     def encode_media(self, pixel_values: torch.Tensor, media_layout: torch.Tensor) -> list[torch.Tensor]:
-        """Projected tokens for each media item, in order: a list of [num_tokens_i, D]."""
+        """Projected tokens for each media item, in order: a list of [num_tokens_i, D].
+
+        The projector runs once on the tiles of all media: under ZeRO-3 every call of a module gathers its weights,
+        so the number of calls must not depend on how many media a rank's micro-batch holds.
+        """
         cfg = self.config
         feats_NhwC = self.vision_features(pixel_values)
-        outputs, start = [], 0
-        for row in media_layout.tolist():
+        layout = media_layout.tolist()
+        maps, start = [], 0
+        for row in layout:
             kind, rows, cols, _frames = row
             count = tiles_of(row, cfg)
             tiles_NhwC = feats_NhwC[start:start + count]
@@ -131,7 +138,12 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
                 # One-tile image or video frame under an S2 projector: every scale is this one tile, so the merged
                 # feature repeats the single map per scale (what S2 gives when all scales equal the tile).
                 tiles_NhwC = tiles_NhwC.repeat(1, 1, 1, cfg.num_scales)
-            proj_NhwD = self.projector(tiles_NhwC)
+            maps.append(tiles_NhwC)
+        if start != feats_NhwC.shape[0]:
+            raise ValueError(f"media_layout accounts for {start} tiles but pixel_values holds {feats_NhwC.shape[0]}")
+        projected = self.projector(torch.cat(maps)).split([m.shape[0] for m in maps])
+        outputs = []
+        for (kind, rows, cols, _frames), proj_NhwD in zip(layout, projected, strict=True):
             if kind == KIND_S2_IMAGE:
                 outputs.append(stitch(proj_NhwD, rows, cols).flatten(0, 1))
             elif kind == KIND_VIDEO:
@@ -139,9 +151,17 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
                 outputs.append(pooled_GTD.flatten(0, 1))
             else:
                 outputs.append(proj_NhwD.flatten(0, 2))
-        if start != feats_NhwC.shape[0]:
-            raise ValueError(f"media_layout accounts for {start} tiles but pixel_values holds {feats_NhwC.shape[0]}")
         return outputs
+
+    def idle_media_term(self, like: torch.Tensor) -> torch.Tensor:
+        """A zero that runs the vision tower and projector on one blank tile. Added to a text-only training batch so
+        that every rank runs (and, under ZeRO-3, gathers) the same modules every step, and every trainable
+        parameter gets a (zero) gradient: otherwise a rank with a text-only micro-batch skips the all-gathers of
+        the vision weights and the job hangs."""
+        size = self.config.tile_size
+        tile = torch.zeros((1, 3, size, size), device=like.device)
+        feats = self.encode_media(tile, torch.tensor([[KIND_TILE_IMAGE, 1, 1, 0]]))[0]
+        return feats.sum().to(like.dtype) * 0.0
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
               media_layout: torch.Tensor | None) -> torch.Tensor:
@@ -153,7 +173,7 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         if pixel_values is None or media_layout is None or media_layout.numel() == 0:
             if num_slots:
                 raise ValueError(f"input has {num_slots} media placeholder tokens but no pixel_values/media_layout")
-            return embeds_BLD
+            return embeds_BLD + self.idle_media_term(embeds_BLD) if self.training else embeds_BLD
         feats_ND = torch.cat(self.encode_media(pixel_values, media_layout), dim=0)
         if feats_ND.shape[0] != num_slots:
             raise ValueError(f"media gives {feats_ND.shape[0]} visual tokens but the text has {num_slots} "
@@ -166,7 +186,7 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
@@ -183,7 +203,7 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
             use_cache = False  # a training forward needs no cache, and packed-sequence masking requires none
         return self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+            cache=cache, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
             **kwargs,
         )
 

@@ -12,10 +12,10 @@ import dataclasses
 import importlib
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 T = TypeVar("T")
@@ -24,7 +24,26 @@ STRICT = ConfigDict(extra="forbid")
 # Keys read by the orchestration (flows.config validates them), not by a stage of the library.
 ORCHESTRATION_KEYS = ("pipeline", "sweep", "frontier")
 SEED_KEY = "seed"  # one seed for every stage; a stage's own `seed` field defaults to it
+# The five training stages, each a params key holding a `StageConfig` (the registry below; train/config.py).
+TRAIN_STAGES = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")
+# `init_checkpoints`: released NVILA checkpoints (the official layout) to adapt instead of training from scratch,
+# {name: folder}. Each gets its own import -> fine-tune -> quantize -> eval stages in dvc.yaml (`@name`).
+InitCheckpoints = dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")], str]
 _READ: set[str] = set()  # the keys this process has loaded (see keys_read)
+DEVICE_NAMES = ("auto", "cpu", "cuda")  # and cuda:N
+
+
+def device_name(requested: str) -> str:
+    """`requested` if it names a device (auto, cpu, cuda or cuda:N), else a one-line `ValueError` (no GPU check)."""
+    name = str(requested).strip().lower()
+    if name in DEVICE_NAMES or (name.startswith("cuda:") and name[5:].isdigit()):
+        return requested
+    raise ValueError(f"{requested!r} is not a device; use auto, cpu, cuda or cuda:N")
+
+
+# A stage's `device` setting (auto: cuda when available), checked on load; whether this host has the GPU asked for
+# is checked by `nvila_model.device.resolve_device` when the stage starts. Here, not there: no torch import.
+DeviceSetting = Annotated[str, AfterValidator(device_name)]
 
 
 def config(cls: type[T]) -> type[T]:
@@ -33,9 +52,8 @@ def config(cls: type[T]) -> type[T]:
 
 
 def library_keys() -> dict[str, Any]:
-    """params.yaml top-level key -> the config class (or type) of the stage settings it holds."""
-    from nvila_model.train.config import STAGES, InitCheckpoints
-
+    """params.yaml top-level key -> the config class (or type) of the stage settings it holds. Classes are named,
+    not imported: a stage command imports only the config modules of the keys it reads."""
     keys: dict[str, Any] = {
         SEED_KEY: int,
         "model": "nvila_model.train.config:ModelParams",
@@ -54,7 +72,7 @@ def library_keys() -> dict[str, Any]:
         "finetune": "nvila_model.finetune.config:FinetuneConfig",
         "quantize": "nvila_model.quant.config:QuantizeConfig",
     }
-    return keys | dict.fromkeys(STAGES, "nvila_model.train.config:StageConfig")
+    return keys | dict.fromkeys(TRAIN_STAGES, "nvila_model.train.config:StageConfig")
 
 
 def resolve(cls: Any) -> Any:

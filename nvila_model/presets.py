@@ -39,6 +39,17 @@ def small() -> NVILAConfig:
     )
 
 
+def gpu_check() -> NVILAConfig:
+    """bench/gpu_check.py: ~0.35B parameters, big enough for a GPU's kernels to matter and small enough to train,
+    quantize and fine-tune in seconds: a SigLIP-B/16-like tower at 224 px (49 tokens per tile after 2x2 STC) and
+    a Qwen2 of hidden 1024 x 16 layers. Every LLM Linear size is a multiple of 16 (FP8) and of 128 (AWQ groups)."""
+    return NVILAConfig(
+        vision_config=_vision(768, 12, 12, 3072, image=224, patch=16),
+        text_config=_llm(1024, 16, 16, 4, 2816, vocab=32768, max_pos=8192),
+        s2_scales=[224, 448], num_video_frames=8, video_pool_size=2, max_seq_length=4096,
+    )
+
+
 def _paper_vision() -> dict[str, Any]:
     # SigLIP so400m at 448 px, patch 14: a 32x32 feature map per tile.
     return _vision(1152, 27, 16, 4304, image=448, patch=14)
@@ -64,7 +75,7 @@ def nvila_lite_8b() -> NVILAConfig:
 
 
 PRESETS: dict[str, Callable[[], NVILAConfig]] = {
-    "tiny": tiny, "small": small, "nvila-8b": nvila_8b, "nvila-lite-8b": nvila_lite_8b,
+    "tiny": tiny, "small": small, "gpu-check": gpu_check, "nvila-8b": nvila_8b, "nvila-lite-8b": nvila_lite_8b,
 }
 
 

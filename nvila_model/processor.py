@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from nvila_model.config import NVILAConfig
-from nvila_model.dynamic_s2 import choose_grid
+from nvila_model.media_tokens import image_grid, num_image_tokens, num_video_tokens, tiles_image
 from nvila_model.modeling import KIND_S2_IMAGE, KIND_TILE_IMAGE, KIND_VIDEO
 from nvila_model.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN, check_tokenizer, load_tokenizer
 from nvila_model.video import frame_indices
@@ -57,25 +57,19 @@ class NVILAProcessor:
 
     # Token counts without running the model -----------------------------------------------------------------
     def image_grid(self, width: int, height: int) -> tuple[int, int]:
-        c = self.config
-        return choose_grid(width, height, c.tile_size, c.s2_grid_mode, c.s2_min_tiles, c.s2_max_tiles)
+        return image_grid(self.config, width, height)
 
     def num_image_tokens(self, width: int, height: int, single_image: bool = True) -> int:
         """Visual tokens for one image (excluding its trailing newline)."""
-        if self.tiles_image(single_image):
-            cols, rows = self.image_grid(width, height)
-            return cols * rows * self.config.tokens_per_tile
-        return self.config.tokens_per_tile
+        return num_image_tokens(self.config, width, height, single_image)
 
     def num_video_tokens(self, frames: int) -> int:
         """Visual tokens for a video of `frames` sampled frames (excluding the newlines after each group)."""
-        if frames % self.config.video_pool_size:
-            raise ValueError(f"{frames} frames are not divisible by video_pool_size {self.config.video_pool_size}")
-        return frames // self.config.video_pool_size * self.config.tokens_per_tile
+        return num_video_tokens(self.config, frames)
 
     def tiles_image(self, single_image: bool) -> bool:
         """Whether an image goes through Dynamic-S2 tiling (only a sample's one image, and only if configured)."""
-        return self.config.dynamic_s2 and self.config.s2_tile_images and single_image
+        return tiles_image(self.config, single_image)
 
     def video_frame_indices(self, total_frames: int) -> list[int]:
         return frame_indices(total_frames, self.config.num_video_frames, self.config.video_frame_sampling)

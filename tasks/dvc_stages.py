@@ -13,6 +13,15 @@ from typing import Any
 import yaml
 
 
+class StageFailed(RuntimeError):
+    """A stage command failed; `exit_code` is the command's own exit status (2: a bad input or setting, named in
+    the message; 75: a transient I/O error, worth a retry)."""
+
+    def __init__(self, message: str, exit_code: int | None):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def stage_graph(root: Path) -> tuple[list[str], dict[str, set[str]]]:
     """(every stage in dependency order, {stage: the stages it depends on directly}) of the project at `root`.
 

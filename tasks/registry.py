@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 
 import nvila_model
 from tasks import mlflow_model
@@ -13,6 +15,9 @@ from tasks.tracking import MlflowTracker, tracking_uri
 
 BEST = "best"
 METRIC_TAG = "metric"
+# What the pyfunc takes: a prompt and, optionally, an image path per row; it answers one string per row.
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "image", required=False)]),
+                           outputs=Schema([ColSpec("string")]))
 
 
 def log_and_register(
@@ -28,6 +33,7 @@ def log_and_register(
             code_paths=[str(Path(nvila_model.__file__).parent)],
             pip_requirements=["torch==2.13.0", "transformers>=5.0", "tokenizers", "safetensors", "pillow"],
             registered_model_name=name,
+            signature=SIGNATURE,
         )
     version = str(info.registered_model_version)
     client = tracker.client

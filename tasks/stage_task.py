@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run, task_run
 
-from tasks.dvc_stages import lock_entry, lock_params, out_paths, outs_digest
+from tasks.dvc_stages import StageFailed, lock_entry, lock_params, out_paths, outs_digest
 from tasks.tracking import (
     RUN_ENV,
     MlflowTracker,
@@ -39,14 +40,6 @@ MARKER_ENV = "NVILA_STAGE_MARKER"  # the stage command touches this file when it
 TRANSIENT_EXIT = 75  # EX_TEMPFAIL: the stage command met an I/O error worth a retry
 SMALL_OUTPUTS = (".json", ".png", ".md", ".csv", ".txt", ".yaml")
 STOP_GRACE_S = 10.0
-
-
-class StageFailed(RuntimeError):
-    """A stage command failed; `exit_code` is the command's own exit status (75: transient, worth a retry)."""
-
-    def __init__(self, message: str, exit_code: int | None):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -89,7 +82,7 @@ def run_dvc(stage: str, ws: Workspace, env: dict[str, str]) -> None:
     training stage keeps its last periodic checkpoint, from which a re-run resumes.
     """
     logger = get_run_logger()
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=ws.root,
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--quiet", "--single-item", stage], cwd=ws.root,
                             env={**os.environ, **ws.env(), **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
     lines: list[str] = []
@@ -158,7 +151,8 @@ def run_stage(stage: str, ws: Workspace, run: RunContext) -> dict[str, Any]:
     """Run (or restore) DVC stage `stage` in the workspace; returns whether it was restored and from which run."""
     tracker = start_run(run.experiment, stage, tags=stage_tags(stage), parent=run.parent())
     marker = Path(tempfile.mkdtemp(prefix="nvila-stage-")) / "ran"
-    ok = False
+    status = run_status(False)
+    started = time.perf_counter()
     try:
         run_dvc(stage, ws, {RUN_ENV: tracker.run_id, MARKER_ENV: str(marker)})
         entry = lock_entry(ws.root, stage)
@@ -168,9 +162,16 @@ def run_stage(stage: str, ws: Workspace, run: RunContext) -> dict[str, Any]:
                           **({"cached_from": origin} if origin else {})})
         tracker.log_params(flatten(lock_params(entry)))
         record_outputs(tracker, ws, stage)
-        ok = True
-        return {"stage": stage, "cached": cached, "cached_from": origin, "outs": digest}
+        get_run_logger().info("%s: %s", stage, f"restored from the cache (computed by run {origin})" if cached
+                              else "ran")
+        status = run_status(True)
+        seconds = round(time.perf_counter() - started, 2)
+        tracker.log_metrics({"stage_seconds": seconds})
+        return {"stage": stage, "cached": cached, "cached_from": origin, "outs": digest, "seconds": seconds}
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        tracker.end(run_status(ok))
+        tracker.end(status)
         marker.unlink(missing_ok=True)
         marker.parent.rmdir()

@@ -28,6 +28,12 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or mlflow_uri()
 
 
+def tracking_file() -> Path | None:
+    """The SQLite file of a local tracking store (None for a tracking server)."""
+    uri = tracking_uri()
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def client() -> MlflowClient:
     """A client on the configured store."""
     return MlflowClient(tracking_uri=tracking_uri())

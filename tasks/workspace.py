@@ -82,6 +82,19 @@ class Workspace:
                 "NVILA_PROJECT_DIR": str(self.project), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
+def check_writable(project: Path, paths: list[Path]) -> None:
+    """Before a run starts: every folder and file it writes (the project's state, DVC cache, the given `paths`, such
+    as the MLflow database) must be writable; otherwise one `ValueError` naming the path."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        cache = Path(repo.cache.local_cache_dir)
+    for path in [project, project / STATE, cache, *paths]:
+        target = path if path.exists() else path.parent
+        if target.exists() and not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+            raise ValueError(f"{path}: not writable (a pipeline run writes there); fix its permissions")
+
+
 def uncommitted(project: Path) -> tuple[list[str], list[str]]:
     """(changed or new files that git does not ignore, deleted files) of the project's working tree."""
     changed = git(["ls-files", "-z", "-m", "-o", "--exclude-standard"], project).split("\0")

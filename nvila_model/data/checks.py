@@ -1,4 +1,5 @@
-"""Per-record facts for validation: schema, media existence, header sizes, real decoding, token counts."""
+"""Per-record facts for validation: schema, media inside the root and existing, header sizes, real decoding, and
+token counts (exact with a tokenizer, else a byte bound that can only over-count)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 from decord import VideoReader, cpu
 from PIL import Image
 
+from ..media_tokens import num_image_tokens, num_video_tokens
 from ..video import frame_indices
 from .loader import LOAD_ERRORS, load_video
 from .manifest import (
+    MediaPathError,
     answers_nonempty,
     conversation_text,
     markers_match,
@@ -61,18 +64,24 @@ def record_facts(record: dict[str, Any], media_root: Path, max_pixels: int, num_
                  count_tokens: TokenCounter | None = None) -> dict[str, Any]:
     """One dataframe row: everything the expectation suite checks about `record` (None where not applicable)."""
     facts: dict[str, Any] = {"id": str(record.get("id", "")), "subset": str(record.get("subset", "")),
-                             "schema": schema_problem(record) or "", "kind": None, "media_exists": None,
-                             "decode_ok": None, "decode_error": "", "width": None, "height": None, "min_side": None,
-                             "pixels": None, "frames": None, "turns_alternate": None, "answers_nonempty": None,
-                             "markers_match": None, "text_chars": None, "tokens": None}
+                             "schema": schema_problem(record) or "", "kind": None, "media_inside_root": None,
+                             "path_error": "", "media_exists": None, "decode_ok": None, "decode_error": "",
+                             "width": None, "height": None, "min_side": None, "pixels": None, "frames": None,
+                             "turns_alternate": None, "answers_nonempty": None, "markers_match": None,
+                             "text_chars": None, "tokens": None}
     if facts["schema"]:
         return facts
     conv = record["conversations"]
     facts.update(kind=record_kind(record), turns_alternate=turns_alternate(conv),
                  answers_nonempty=answers_nonempty(conv), markers_match=markers_match(record),
                  text_chars=len(conversation_text(conv)))
-    paths = media_paths(record, media_root)
+    try:
+        paths = media_paths(record, media_root)
+    except MediaPathError as exc:  # never stat, open or decode a file outside the media root
+        facts.update(media_inside_root=False, path_error=str(exc))
+        return facts
     if paths:
+        facts["media_inside_root"] = True
         facts["media_exists"] = all(p.is_file() for p in paths)
         if facts["media_exists"]:
             if facts["kind"] == "video":
@@ -85,42 +94,61 @@ def record_facts(record: dict[str, Any], media_root: Path, max_pixels: int, num_
     return facts
 
 
-def make_token_counter(obj: Any) -> TokenCounter | None:
-    """A `(record, facts) -> tokens` function from an NVILA processor (exact: text + media tokens), a tokenizer
-    (`encode` or `__call__` returning input ids; text only) or a plain `text -> count` callable."""
-    if obj is None:
-        return None
+def make_token_counter(obj: Any, config: Any = None) -> tuple[TokenCounter, str]:
+    """A `(record, facts) -> tokens` function and the name of its text method.
+
+    Text tokens come from `obj`: an NVILA processor or a tokenizer (`encode` / `__call__` giving ids; exact), a plain
+    `text -> count` callable, or None: the UTF-8 byte bound (`chatml_bytes`), which no byte-level BPE can exceed, so
+    nothing over-long passes without a trained tokenizer. Media tokens are exact from the model `config` (a
+    processor's own config wins): placeholders plus one newline per image or frame group, as the processor expands
+    them. Without either config the count is text only."""
     if hasattr(obj, "num_image_tokens") and hasattr(obj, "tokenizer"):
-        return _processor_counter(obj)
-    if hasattr(obj, "encode") and not hasattr(obj, "num_image_tokens"):
-        return lambda record, facts: len(obj.encode(_chatml(record["conversations"])))
-    if callable(obj):
-        return lambda record, facts: int(obj(_chatml(record["conversations"])))
-    raise ValueError(f"cannot count tokens with a {type(obj).__name__}: need a processor, tokenizer or callable")
+        config = obj.config
+        tokenizer = obj.tokenizer
+        text, method = (lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"])), "tokenizer"
+    elif hasattr(obj, "encode"):
+        text, method = (lambda t: len(obj.encode(t))), "tokenizer"
+    elif callable(obj):
+        text, method = (lambda t: int(obj(t))), "callable"
+    elif obj is None:
+        text, method = None, "utf8_bytes_bound"
+    else:
+        raise ValueError(f"cannot count tokens with a {type(obj).__name__}: need a processor, tokenizer or callable")
+    system = getattr(config, "system_prompt", "You are a helpful assistant.")
+
+    def count(record: dict[str, Any], facts: dict[str, Any]) -> int:
+        conv = record["conversations"]
+        n = chatml_bytes(conv, system) if text is None else text(_chatml(conv, system))
+        return n + (media_tokens(config, facts["kind"], facts.get("sizes")) if config is not None else 0)
+
+    return count, method
 
 
-def _chatml(conversations: list[dict[str, Any]], system: str = "You are a helpful assistant.") -> str:
+def media_tokens(config: Any, kind: str | None, sizes: list[tuple[int, int]] | None) -> int:
+    """Media placeholder tokens plus their newlines for a record of `kind` with image `sizes` (video: the model's
+    frame count), from the model config alone."""
+    if kind == "video":
+        frames = config.num_video_frames
+        return num_video_tokens(config, frames) + frames // config.video_pool_size
+    if kind in ("image", "images") and sizes:
+        single = len(sizes) == 1
+        return sum(num_image_tokens(config, w, h, single) + 1 for w, h in sizes)
+    return 0
+
+
+def chatml_bytes(conversations: list[dict[str, Any]], system: str) -> int:
+    """UTF-8 bytes of the sample's ChatML text, unstripped and markers kept: an upper bound on its text tokens for
+    any byte-level BPE (every token, special ones included, covers at least one byte)."""
+    return len(_chatml(conversations, system, strip=False).encode("utf-8"))
+
+
+def _chatml(conversations: list[dict[str, Any]], system: str = "You are a helpful assistant.",
+            strip: bool = True) -> str:
     roles = {"human": "user", "gpt": "assistant"}
     text = f"<|im_start|>system\n{system}<|im_end|>\n"
     for turn in conversations:
-        value = str(turn.get("value", "")).replace("<image>", "").replace("<video>", "").strip()
+        value = str(turn.get("value", ""))
+        if strip:
+            value = value.replace("<image>", "").replace("<video>", "").strip()
         text += f"<|im_start|>{roles.get(turn.get('from'), 'user')}\n{value}<|im_end|>\n"
     return text
-
-
-def _processor_counter(processor: Any) -> TokenCounter:
-    tokenizer, config = processor.tokenizer, processor.config
-
-    def count(record: dict[str, Any], facts: dict[str, Any]) -> int:
-        text = _chatml(record["conversations"], getattr(config, "system_prompt", "You are a helpful assistant."))
-        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        kind = facts["kind"]
-        if kind == "video":
-            frames = config.num_video_frames
-            n += processor.num_video_tokens(frames) + frames // config.video_pool_size
-        elif kind in ("image", "images") and facts.get("sizes"):
-            single = len(facts["sizes"]) == 1
-            n += sum(processor.num_image_tokens(w, h, single) + 1 for w, h in facts["sizes"])
-        return n
-
-    return count

@@ -29,23 +29,27 @@ def generate(
 
 @data_app.command("validate")
 def validate(
-    raw: Path = typer.Option(..., "--raw", help="the corpus folder to validate ({split}.jsonl + media)"),
+    raw: Path = typer.Option(..., "--raw", help="the corpus folder to validate ({split}.jsonl or {split}.json)"),
     out: Path = typer.Option(..., "--out", help="the validated corpus folder to write"),
+    media_root: Path | None = typer.Option(None, "--media-root", help="the folder media paths are relative to "
+                                           "(LLaVA's image folder); default: the corpus folder"),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="processor or tokenizer folder: exact token "
-                                          "counts for the length check"),
+                                          "counts for the length check (default: a UTF-8 byte bound)"),
     params: Path = PARAMS,
 ) -> None:
     """Run the great-expectations suite and decode checks; write clean manifests, quarantine, summary, data docs."""
-    from ..params import load_config
+    from ..params import load_params
     from .validate import run_validate
 
     try:
-        run_validate(load_config("validate", params), raw, out, tokenizer)
+        configs = load_params(params, keys=["validate", "model"])
+        run_validate(configs["validate"], raw, out, tokenizer, configs["model"], media_root)
     finally:
         summary = out / "summary.json"
         if summary.is_file():
             s = json.loads(summary.read_text())
-            typer.echo(f"input {s['input']}  kept {s['kept']}  quarantined {s['quarantined']}  {s['by_reason']}")
+            typer.echo(f"input {s['input']}  kept {s['kept']}  quarantined {s['quarantined']}  {s['by_reason']}  "
+                       f"(+ {s['blank_lines']} blank lines)")
     typer.echo(f"wrote {out}")
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # transformers' FlashAttentionKwargs
 log = logging.getLogger(__name__)
 
 
@@ -68,33 +69,40 @@ def pack_rows(lengths: list[int], max_tokens: int) -> list[list[int]]:
 
 @dataclass
 class PackingCollator:
-    """Pack samples into rows of at most `max_tokens` tokens.
+    """Pack samples into rows of at most `max_tokens` tokens, or (`max_tokens=None`) into ONE row per micro-batch.
 
     Returns `input_ids`, `labels`, `position_ids` [R, L] (positions restart at 0 for every sample and for the
-    trailing padding), `attention_mask=None` so transformers detects the packed segments from `position_ids` and
-    masks attention block-diagonally (`masking_utils.find_packed_sequence_indices`), media concatenated in the
-    order samples appear in the rows, `sample_lengths`, `sample_starts` (flat offsets) [N] and `ids` in that
-    order, and `cu_seqlens` int32 [S + 1] with `max_seqlen` over the flattened R * L tokens (padding segments
-    included) for varlen kernels. On CPU the block-diagonal mask is dense (SDPA with a mask), so attention costs
-    grow with the square of the row length: keep `max_tokens` near a few sample lengths there.
+    trailing padding), `attention_mask=None`, media concatenated in the order samples appear in the rows,
+    `sample_lengths`, `sample_starts` (flat offsets) [N] and `ids` in that order.
+
+    Attention never crosses samples on either path transformers takes:
+    - SDPA / eager: the block-diagonal mask comes from `position_ids` (`masking_utils.find_packed_sequence_indices`)
+      for any number of rows. On CPU that mask is dense, so attention costs grow with the square of the row length:
+      keep `max_tokens` near a few sample lengths there.
+    - flash-attn varlen: transformers reads the boundaries from `position_ids` only when the batch has ONE row
+      (`modeling_flash_attention_utils._is_packed_sequence`); with several rows it would run the plain kernel across
+      samples. So this mode uses `max_tokens=None` and `flash_attn_kwargs=True`, which also returns the boundaries
+      as transformers' `DataCollatorWithFlattening(return_flash_attn_kwargs=True)` does: `cu_seq_lens_q/k` int32
+      [N + 1] and `max_length_q/k`, passed through the model to the varlen kernel.
     """
 
     pad_id: int
-    max_tokens: int
+    max_tokens: int | None
+    flash_attn_kwargs: bool = False
 
     def __call__(self, samples: list[dict[str, Any] | None]) -> dict[str, Any]:
         samples = _present(samples)
-        rows = pack_rows([s["input_ids"].shape[0] for s in samples], self.max_tokens)
-        width = max(sum(samples[i]["input_ids"].shape[0] for i in row) for row in rows)
+        lengths = [s["input_ids"].shape[0] for s in samples]
+        rows = pack_rows(lengths, self.max_tokens) if self.max_tokens else [list(range(len(samples)))]
+        width = max(sum(lengths[i] for i in row) for row in rows)
         input_ids_RL = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels_RL = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids_RL = torch.zeros((len(rows), width), dtype=torch.long)
-        order, segments = [], []
-        starts = []
+        order, segments, starts = [], [], []
         for r, row in enumerate(rows):
             start = 0
             for i in row:
-                n = samples[i]["input_ids"].shape[0]
+                n = lengths[i]
                 input_ids_RL[r, start:start + n] = samples[i]["input_ids"]
                 labels_RL[r, start:start + n] = samples[i]["labels"]
                 labels_RL[r, start] = IGNORE_INDEX  # never a target across a sample boundary
@@ -107,17 +115,20 @@ class PackingCollator:
                 position_ids_RL[r, start:] = torch.arange(width - start)
                 segments.append(width - start)
         ordered = [samples[i] for i in order]
-        cu_seqlens = F.pad(torch.tensor(segments, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
-        return {"input_ids": input_ids_RL, "labels": labels_RL, "position_ids": position_ids_RL,
-                "attention_mask": None, **_media(ordered),
-                "sample_lengths": torch.tensor([s["input_ids"].shape[0] for s in ordered]),
-                "sample_starts": torch.tensor(starts),
-                "cu_seqlens": cu_seqlens, "max_seqlen": max(segments), "ids": [s.get("id") for s in ordered]}
+        batch = {"input_ids": input_ids_RL, "labels": labels_RL, "position_ids": position_ids_RL,
+                 "attention_mask": None, **_media(ordered), "sample_lengths": torch.tensor([lengths[i] for i in order]),
+                 "sample_starts": torch.tensor(starts), "ids": [s.get("id") for s in ordered]}
+        if self.flash_attn_kwargs:
+            cu_seq_lens = F.pad(torch.tensor(segments, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+            batch |= {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
+                      "max_length_q": max(segments), "max_length_k": max(segments)}
+        return batch
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The keys of a collated batch that `NVILAForConditionalGeneration.forward` takes."""
-    keys = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values", "media_layout")
+    keys = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values", "media_layout",
+            *FLASH_KWARGS)
     return {k: batch[k] for k in keys if k in batch}
 
 

@@ -60,7 +60,9 @@ def load_video(path: str | Path, select: Callable[[int], list[int]]) -> np.ndarr
 
 def load_media(record: dict[str, Any], media_root: str | Path | None,
                select: Callable[[int], list[int]]) -> tuple[list[Image.Image], np.ndarray | None]:
-    """The record's decoded images (possibly empty) and video frames (or None)."""
+    """The record's decoded images (possibly empty) and video frames (or None).
+
+    A media path leaving `media_root` is refused with a `MediaPathError` before any file is opened."""
     kind = record_kind(record)
     paths = media_paths(record, media_root)
     if kind == "video":

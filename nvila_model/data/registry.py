@@ -8,17 +8,22 @@ from typing import Any
 import numpy as np
 
 from .config import DatasetsConfig
-from .manifest import MEDIA_KEYS, default_media_root, read_manifest
+from .manifest import MEDIA_KEYS, MediaPathError, default_media_root, read_manifest, resolve_media
 
 
 def absolute_media(record: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The record with its media paths resolved inside `root`; a path leaving it is a `ValueError` naming the record
+    (validation quarantines such records; this stops an unvalidated dataset before any file is read)."""
     out = dict(record)
-    for key in MEDIA_KEYS:
-        value = record.get(key)
-        if isinstance(value, list):
-            out[key] = [str(root / v) for v in value]
-        elif value:
-            out[key] = str(root / value)
+    try:
+        for key in MEDIA_KEYS:
+            value = record.get(key)
+            if isinstance(value, list):
+                out[key] = [str(resolve_media(v, root)) for v in value]
+            elif value:
+                out[key] = str(resolve_media(value, root))
+    except MediaPathError as exc:
+        raise MediaPathError(f"record {record.get('id')!r}: {exc}") from None
     return out
 
 
@@ -69,7 +74,10 @@ class DatasetRegistry:
         entry = self.entries[name]
         path = self.manifest_path(name, split)
         root = Path(entry.media_root) if entry.media_root else default_media_root(path)
-        records = [absolute_media(r, root) for r in read_manifest(path)
-                   if not entry.subsets or r.get("subset") in entry.subsets]
+        try:
+            records = [absolute_media(r, root) for r in read_manifest(path)
+                       if not entry.subsets or r.get("subset") in entry.subsets]
+        except MediaPathError as exc:
+            raise MediaPathError(f"{path}: {exc}") from None
         factor = entry.repeat * weight if split == "train" else 1.0
         return repeat_records(records, factor, seed)

@@ -1,4 +1,10 @@
-"""`nvila data validate`: a great-expectations suite over each manifest, quarantine with one reason per record."""
+"""`nvila data validate`: a great-expectations suite over each manifest, quarantine with one reason per line.
+
+Every non-blank manifest line ends up either kept or quarantined (with its line number and reason): an unreadable
+line (`invalid_utf8`, `invalid_json`, `not_an_object`) costs only itself, and a media path leaving the media root is
+never opened (`path_escapes_media_root`). Blank lines hold no record and are counted apart (`blank_lines`), so per
+split: lines = kept + quarantined + blank_lines.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,10 @@ import pandas as pd
 
 from ..manifest import staged_output, write_stage_manifest
 from ..params import to_dict
+from ..train.config import ModelParams
 from .checks import make_token_counter, record_facts
 from .config import ValidateConfig
-from .manifest import default_media_root, read_manifest, write_jsonl
+from .manifest import ESCAPES_ROOT, UNREADABLE, ManifestEntry, media_root_for, scan_manifest, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,7 @@ def expectations(cfg: ValidateConfig, with_tokens: bool) -> list[tuple[str, str,
     rules = [
         ("schema", "ExpectColumnValuesToBeInSet", {"column": "schema", "value_set": [""]}),
         ("duplicate_id", "ExpectColumnValuesToBeUnique", {"column": "id"}),
+        (ESCAPES_ROOT, "ExpectColumnValuesToBeInSet", {"column": "media_inside_root", "value_set": [True]}),
         ("missing_media", "ExpectColumnValuesToBeInSet", {"column": "media_exists", "value_set": [True]}),
         ("image_too_large", "ExpectColumnValuesToBeBetween", {"column": "pixels", "max_value": cfg.max_image_pixels}),
         ("decode_error", "ExpectColumnValuesToBeInSet", {"column": "decode_ok", "value_set": [True]}),
@@ -64,7 +72,8 @@ def run_suite(df: pd.DataFrame, cfg: ValidateConfig, docs_dir: Path | None) -> t
         context.add_data_docs_site(site_name="local", site_config={
             "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}})
-        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs"))
+        # only our site: the ephemeral context's default one would copy ~4 MB of HTML into the system temp folder
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["local"]))
     checkpoint = context.checkpoints.add(gx.Checkpoint(name=cfg.name, validation_definitions=[definition],
                                                        actions=actions, result_format={"result_format": "COMPLETE"}))
     result = checkpoint.run(batch_parameters={"dataframe": df})
@@ -86,37 +95,45 @@ def _snake(name: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
 
-def summarise(df: pd.DataFrame, reasons: list[str]) -> dict[str, Any]:
-    """Counts per reason, per subset and per split; kept + quarantined == input everywhere."""
+def _counts(reasons: pd.Series) -> dict[str, Any]:
+    return {"input": len(reasons), "kept": int((reasons == "").sum()), "quarantined": int((reasons != "").sum()),
+            "reject_share": round(float((reasons != "").mean()), 4) if len(reasons) else 0.0,
+            "by_reason": dict(Counter(r for r in reasons if r))}
+
+
+def summarise(df: pd.DataFrame, reasons: list[str], blank_lines: dict[str, int]) -> dict[str, Any]:
+    """Counts overall, per split (with its blank lines) and per subset (readable records only; unreadable lines
+    have no subset and are counted under `unreadable`). kept + quarantined == input everywhere."""
     df = df.assign(reason=reasons)
-    summary: dict[str, Any] = {"input": len(df), "kept": int((df.reason == "").sum()),
-                               "quarantined": int((df.reason != "").sum()),
-                               "by_reason": dict(Counter(r for r in reasons if r))}
-    for key in ("subset", "split"):
-        summary[f"by_{key}"] = {
-            str(name): {"input": len(g), "kept": int((g.reason == "").sum()),
-                        "quarantined": int((g.reason != "").sum()),
-                        "reject_share": round(float((g.reason != "").mean()), 4),
-                        "by_reason": dict(Counter(r for r in g.reason if r))}
-            for name, g in df.groupby(key, sort=True)}
-    assert summary["kept"] + summary["quarantined"] == summary["input"]
+    unreadable = df.reason.isin(UNREADABLE)
+    summary: dict[str, Any] = {**_counts(df.reason), "unreadable": int(unreadable.sum()),
+                               "blank_lines": sum(blank_lines.values())}
+    summary["by_split"] = {str(name): {**_counts(g.reason), "blank_lines": blank_lines.get(str(name), 0)}
+                           for name, g in df.groupby("split", sort=True)}
+    summary["by_subset"] = {str(name): _counts(g.reason) for name, g in df[~unreadable].groupby("subset", sort=True)}
+    for part in (summary, *summary["by_split"].values(), *summary["by_subset"].values()):
+        assert part["kept"] + part["quarantined"] == part["input"], part
     return summary
 
 
 def check_reject_share(summary: dict[str, Any], max_share: float, where: Path) -> None:
-    """Fail when any subset rejects more than `max_share` of its records, naming the worst one."""
+    """Fail when any subset rejects more than `max_share` of its records, naming the worst one, or when more than
+    that share of all lines is unreadable."""
+    see = f"See {where / 'quarantine.jsonl'} and {where / 'summary.json'}"
+    if summary["input"] and summary["unreadable"] / summary["input"] > max_share:
+        raise ValueError(f"{where}: {summary['unreadable']}/{summary['input']} manifest lines are unreadable "
+                         f"(> max_reject_share {max_share:.1%}). {see}")
     subsets = summary["by_subset"]
     worst = max(subsets, key=lambda s: subsets[s]["reject_share"], default=None)
     if worst is not None and subsets[worst]["reject_share"] > max_share:
         w = subsets[worst]
         top = ", ".join(f"{r}: {n}" for r, n in Counter(w["by_reason"]).most_common(3))
         raise ValueError(f"{where}: subset {worst!r} rejected {w['quarantined']}/{w['input']} records "
-                         f"({w['reject_share']:.1%} > max_reject_share {max_share:.1%}); reasons {top}. "
-                         f"See {where / 'quarantine.jsonl'} and {where / 'summary.json'}")
+                         f"({w['reject_share']:.1%} > max_reject_share {max_share:.1%}); reasons {top}. {see}")
 
 
 def load_counter(path: str | Path | None) -> Any:
-    """A processor (directory with processor_config.json) or tokenizer from `path`, for token-length checks."""
+    """A processor (directory with processor_config.json) or tokenizer from `path`, for exact token counts."""
     if not path:
         return None
     if (Path(path) / "processor_config.json").is_file():
@@ -128,49 +145,98 @@ def load_counter(path: str | Path | None) -> Any:
     return load_tokenizer(path)
 
 
-def run_validate(cfg: ValidateConfig, raw: str | Path, out: str | Path, tokenizer: Any = None) -> Path:
-    """Validate every split of the corpus `raw`; write clean manifests, quarantine, summary and data docs to `out`.
+def split_manifest(src: Path, split: str) -> Path:
+    """`src/<split>.jsonl`, or a LLaVA-style `src/<split>.json` list."""
+    found = [p for p in (src / f"{split}.jsonl", src / f"{split}.json") if p.is_file()]
+    if len(found) > 1:
+        raise ValueError(f"{src}: both {split}.jsonl and {split}.json exist; keep one")
+    if not found:
+        raise ValueError(f"{src / f'{split}.jsonl'}: manifest not found (nor {split}.json)")
+    return found[0]
 
-    `tokenizer` (a processor, a tokenizer, or a folder holding either) enables the exact token-length check."""
-    src, final = Path(raw), Path(out)
-    count_tokens = make_token_counter(load_counter(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer)
-    records, rows = [], []
+
+def entry_row(entry: ManifestEntry, split: str, root: Path, cfg: ValidateConfig, count_tokens: Any) -> dict[str, Any]:
+    """The facts row of one manifest line; an unreadable line is a row whose schema problem is why."""
+    if entry.problem:
+        facts = record_facts({}, root, cfg.max_image_pixels, cfg.min_video_frames)
+        facts.update(schema=entry.problem, subset="")
+    else:
+        facts = record_facts(entry.record, root, cfg.max_image_pixels, cfg.min_video_frames, count_tokens)
+    return {**facts, "split": split}
+
+
+def quarantine_entry(entry: ManifestEntry, row: dict[str, Any], reason: str, cfg: ValidateConfig,
+                     method: str) -> dict[str, Any]:
+    """What the quarantine file says of one line: where it was, why, a detail, and the record (or its raw text)."""
+    detail = {"decode_error": row["decode_error"], ESCAPES_ROOT: row["path_error"]}.get(reason, entry.detail)
+    if reason == "too_long":
+        detail = (f"{row['tokens']} tokens > max_tokens {cfg.max_tokens} ({method})"
+                  if row["tokens"] is not None and row["tokens"] > cfg.max_tokens
+                  else f"{row['text_chars']} characters > max_text_chars {cfg.max_text_chars}")
+    where = {"line": entry.line} if entry.line is not None else {"index": entry.index}
+    info = {"split": row["split"], **where, "quarantine_reason": reason, "detail": detail}
+    return {**info, "raw": entry.raw} if entry.record is None else {**entry.record, **info}
+
+
+def read_splits(cfg: ValidateConfig, src: Path, root: Path, count_tokens: Any) -> tuple[list[ManifestEntry],
+                                                                                      list[dict], dict]:
+    """Every line of every split's manifest with its facts row, and the blank lines per split."""
+    entries, rows, blank = [], [], {}
     for split in cfg.splits:
-        manifest = src / f"{split}.jsonl"
-        root = default_media_root(manifest)
-        for record in read_manifest(manifest):
-            facts = record_facts(record, root, cfg.max_image_pixels, cfg.min_video_frames, count_tokens)
-            records.append(record)
-            rows.append({**facts, "split": split})
+        split_entries, blank[split] = scan_manifest(split_manifest(src, split))
+        entries += split_entries
+        rows += [entry_row(e, split, root, cfg, count_tokens) for e in split_entries]
     if not rows:
         raise ValueError(f"{src}: the manifests of splits {cfg.splits} hold no records")
+    return entries, rows, blank
+
+
+def run_validate(cfg: ValidateConfig, raw: str | Path, out: str | Path, tokenizer: Any = None,
+                 model_params: ModelParams | None = None, media_root: str | Path | None = None) -> Path:
+    """Validate every split of the corpus `raw`; write clean manifests, quarantine, summary and data docs to `out`.
+
+    `tokenizer` (a processor, a tokenizer, or a folder holding either) makes the text token counts exact; without
+    one they are the UTF-8 byte bound. `model_params` (the `model` key; default `ModelParams()`) gives the exact
+    media token counts of the length check. `media_root`: the folder media paths are relative to (LLaVA keeps its
+    images apart from the JSON); default the manifests' own (`default_media_root`).
+    """
+    from ..presets import build_config
+
+    model_params = model_params if model_params is not None else ModelParams()
+    src, final = Path(raw), Path(out)
+    root = media_root_for(split_manifest(src, cfg.splits[0]), media_root)
+    config = build_config(model_params.preset, **model_params.overrides)
+    counter = load_counter(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
+    count_tokens, method = make_token_counter(counter, config)
+    entries, rows, blank = read_splits(cfg, src, root, count_tokens)
     df = pd.DataFrame(rows).astype(object)
     df = df.where(df.notna(), None)
-    with staged_output(final) as out:
-        summary = _write(cfg, src, out, df, records, rows)
+    length_check = {"text": method, "media": f"preset {model_params.preset}", "max_tokens": cfg.max_tokens}
+    with staged_output(final) as staging:
+        summary = _write(cfg, src, staging, root, df, entries, rows, blank, length_check)
     check_reject_share(summary, cfg.max_reject_share, final)
     return final
 
 
-def _write(cfg: ValidateConfig, src: Path, out: Path, df: pd.DataFrame, records: list[dict[str, Any]],
-           rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _write(cfg: ValidateConfig, src: Path, out: Path, root: Path, df: pd.DataFrame, entries: list[ManifestEntry],
+           rows: list[dict[str, Any]], blank: dict[str, int], length_check: dict[str, Any]) -> dict[str, Any]:
     """Run the suite and write the validated corpus into `out`; returns the summary."""
     reasons, _ = run_suite(df, cfg, out / "data_docs" if cfg.data_docs else None)
-    quarantine = []
     for split in cfg.splits:
-        kept = [r for r, s, why in zip(records, df["split"], reasons, strict=True) if s == split and not why]
-        write_jsonl(kept, out / f"{split}.jsonl")
-    for record, row, why in zip(records, rows, reasons, strict=True):
-        if why:
-            detail = row["decode_error"] if why == "decode_error" else ""
-            quarantine.append({**record, "split": row["split"], "quarantine_reason": why, "detail": detail})
-            log.info("quarantined %s (%s): %s %s", row["id"], row["split"], why, detail)
+        write_jsonl([e.record for e, row, why in zip(entries, rows, reasons, strict=True)
+                     if row["split"] == split and not why], out / f"{split}.jsonl")
+    quarantine = [quarantine_entry(e, row, why, cfg, length_check["text"])
+                  for e, row, why in zip(entries, rows, reasons, strict=True) if why]
+    for q in quarantine:
+        log.info("quarantined %s line %s: %s %s", q["split"], q.get("line", q.get("index")), q["quarantine_reason"],
+                 q["detail"])
     write_jsonl(quarantine, out / "quarantine.jsonl")
-    summary = summarise(df, reasons)
+    summary = {**summarise(df, reasons, blank), "length_check": length_check}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if (src / "subsets.json").is_file():
         (out / "subsets.json").write_text((src / "subsets.json").read_text())
-    media_root = os.path.relpath(default_media_root(src / f"{cfg.splits[0]}.jsonl").resolve(), out.resolve())
-    write_stage_manifest(out, "validate", to_dict(cfg), inputs={"raw": src}, media_root=media_root,
-                         counts={k: summary[k] for k in ("input", "kept", "quarantined")})
+    counts = {k: summary[k] for k in ("input", "kept", "quarantined", "unreadable", "blank_lines")}
+    # the media folder is recorded, not hashed: a user's image folder can be very large
+    write_stage_manifest(out, "validate", to_dict(cfg), inputs={"raw": src}, counts=counts, length_check=length_check,
+                         media_root=os.path.relpath(root.resolve(), out.resolve()))
     return summary

@@ -11,19 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from nvila_model.checkpoint import load_checkpoint
 from nvila_model.data.loader import LOAD_ERRORS, load_media
 from nvila_model.deltaloss.formula import mean_answer_logprob
+from nvila_model.device import resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available (e.g. a Ray actor given a GPU), else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("score.device is 'cuda' but no GPU is visible (set score.ray.gpus_per_actor > 0)")
-    return torch.device(device)
 
 
 class CheckpointScorer:
@@ -35,16 +28,8 @@ class CheckpointScorer:
 
     def __init__(self, checkpoint: str | Path, media_root: str | Path | None, micro_batch_size: int = 8,
                  dtype: str = "float32", device: str = "auto") -> None:
-        from nvila_model.modeling import NVILAForConditionalGeneration
-        from nvila_model.processor import NVILAProcessor
-
-        checkpoint = Path(checkpoint)
-        if not (checkpoint / "config.json").is_file():
-            raise ValueError(f"{checkpoint}: not a checkpoint directory (no config.json)")
-        self.device = resolve_device(device)
-        self.model = NVILAForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32)
-        self.model.to(self.device).eval()
-        self.processor = NVILAProcessor.from_pretrained(checkpoint)
+        self.model, self.processor = load_checkpoint(checkpoint, resolve_device(device, "score.device"))
+        self.device = next(self.model.parameters()).device
         self.media_root = media_root
         self.micro_batch_size = micro_batch_size
         self.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None

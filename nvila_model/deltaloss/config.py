@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import field
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from nvila_model.params import config
+from nvila_model.params import DeviceSetting, config
 
 PRUNE_METHODS = ("deltaloss", "random")
 TRAIN_MANIFEST = "train.jsonl"  # the split of a corpus folder that is scored and pruned; a prune output's file
 SCORES_FILE = "scores.parquet"  # in a score output
 PruneMethod = Literal["deltaloss", "random"]
+# Ray puts its AF_UNIX sockets (at most 107 characters) at <temp_dir>/session_<date>_<time>_<us>_<pid>/sockets/
+# plasma_store, 64 characters after the temp dir with a 7-digit pid.
+MAX_TEMP_DIR_CHARS = 107 - len("/session_2026-12-01_06-42-05_702694_4194304/sockets/plasma_store")
+
+
+def _ray_temp_dir(path: str | None) -> str | None:
+    if path is not None and not (os.path.isabs(path) and len(path) <= MAX_TEMP_DIR_CHARS):
+        raise ValueError(f"must be an absolute path of at most {MAX_TEMP_DIR_CHARS} characters (Ray's socket paths "
+                         f"below it must fit 107), got {path!r}")
+    return path
 
 
 @config
@@ -24,7 +35,9 @@ class RayConfig:
     cpus_per_actor: float = Field(default=1.0, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0)
     num_cpus: int | None = Field(default=None, ge=1)  # CPUs of a locally started instance (None: all)
-    temp_dir: str | None = None  # Ray's session dir for a local instance (absolute; None: Ray's default)
+    # Where a local instance keeps its session folder (kept after the run); None: a private folder in the system temp
+    # dir, removed when scoring ends.
+    temp_dir: Annotated[str | None, AfterValidator(_ray_temp_dir)] = None
     # Ray restarts a dead actor in place this many times (reloading both scorers) and re-runs its in-flight batch;
     # -1: without limit. Then the driver replaces dead actors and re-scores missing batches, `max_rounds` rounds.
     max_restarts: int = Field(default=2, ge=-1)
@@ -57,7 +70,7 @@ class ScoreConfig:
     batch_size: int = Field(default=50, ge=1)  # records per actor call
     micro_batch_size: int = Field(default=8, ge=1)  # records per forward pass inside an actor
     dtype: Literal["float32", "bfloat16"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceSetting = "auto"  # auto (cuda when available) | cpu | cuda[:N]
     max_samples: int | None = Field(default=None, ge=1)  # score only the first N records (debug runs)
     seed: int = Field(default=0, ge=0)  # of the bootstrap proxies
     ray: RayConfig = field(default_factory=RayConfig)

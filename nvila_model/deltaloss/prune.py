@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nvila_model.data.manifest import default_media_root, read_manifest, write_jsonl
+from nvila_model.data.manifest import media_root_for, read_manifest, write_jsonl
 from nvila_model.deltaloss.config import SCORES_FILE, TRAIN_MANIFEST, PruneConfig
 from nvila_model.manifest import staged_output, write_stage_manifest
 from nvila_model.params import to_dict
@@ -102,7 +102,7 @@ def run_prune(cfg: PruneConfig, *, data: str | Path, scores: str | Path, out: st
         raise ValueError(f"prune.protected_subsets: no such subset(s) {unknown_protected} in {table}")
     kept = select(scored, cfg.method, cfg.keep_ratio, list(cfg.protected_subsets), cfg.seed)
     summary = summarize(records, kept, cfg.method, cfg.keep_ratio)
-    media_root = default_media_root(manifest)
+    media_root = media_root_for(manifest, None, f"the media root of {data}")
     with staged_output(out) as tmp:
         write_jsonl([r for r in records if str(r["id"]) in kept], tmp / TRAIN_MANIFEST)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))

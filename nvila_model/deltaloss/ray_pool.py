@@ -10,16 +10,20 @@ Results are keyed by batch index, so the output has exactly one row per input re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
 from ray.util.actor_pool import ActorPool
 
-from nvila_model.deltaloss.config import RayConfig
+from nvila_model.deltaloss.config import MAX_TEMP_DIR_CHARS, RayConfig
 from nvila_model.deltaloss.scorer import ScorerPair, check_ids, make_batches, score_batch
 
 log = logging.getLogger(__name__)
@@ -55,20 +59,65 @@ class ScoringActor:
         return os.getpid()
 
 
-def connect(cfg: RayConfig) -> bool:
+@contextlib.contextmanager
+def connect(cfg: RayConfig) -> Iterator[bool]:
     """Make sure Ray is up: reuse a running driver connection, join `address` / RAY_ADDRESS, or start locally.
 
-    Returns True when this call started (or joined) Ray, so the caller knows to shut it down.
+    Yields True when this call started (or joined) Ray; on exit it then shuts Ray down and removes the session
+    folder it created. A local instance listens on loopback only; a cluster's addresses are its own.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
-        return False
+        yield False
+        return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _temp_dir=cfg.temp_dir, log_to_driver=False)
-    return True
+    own_temp_dir = None
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            own_temp_dir = None if cfg.temp_dir else session_temp_dir()
+            _start_local(cfg, cfg.temp_dir or own_temp_dir)
+        yield True
+    finally:
+        ray.shutdown()
+        if own_temp_dir:
+            shutil.rmtree(own_temp_dir, ignore_errors=True)
+
+
+def session_temp_dir() -> str:
+    """A fresh private folder in the system temp dir for one local instance's session (removed after shutdown)."""
+    path = tempfile.mkdtemp(prefix="ray-")
+    if len(path) > MAX_TEMP_DIR_CHARS:
+        shutil.rmtree(path)
+        raise ValueError(f"TMPDIR: {path} is longer than the {MAX_TEMP_DIR_CHARS} characters Ray's socket paths "
+                         "allow; set TMPDIR or score.ray.temp_dir to a shorter absolute path")
+    return path
+
+
+def _start_local(cfg: RayConfig, temp_dir: str) -> None:
+    """Start a local instance whose every listener binds loopback.
+
+    Ray picks each server's bind address from the node IP: the GCS, raylet and worker gRPC servers listen on
+    127.0.0.1 only when the node IP is 127.0.0.1 (else on all addresses), the runtime-env agent binds the node IP,
+    and the autoscaler monitor's metrics server binds loopback only for a loopback head. But `ray.init` and
+    `ray start` turn a loopback `node_ip_address` into the machine's external IP (services.resolve_ip_for_localhost);
+    only Ray's single-machine mode (ray_constants.ENABLE_RAY_CLUSTER false, what RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    sets when Ray is imported, the default on macOS and Windows) keeps the node IP on loopback. No ray.init argument
+    selects it, so it is switched on here for the start of this instance only (a cluster join is left alone).
+    """
+    constants = ray._private.ray_constants
+    saved = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, _temp_dir=temp_dir,
+                 log_to_driver=False)
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved
+    node_ip = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node_ip).is_loopback:  # the caller shuts this instance down
+        raise RuntimeError(f"score: the local Ray instance took node IP {node_ip}, not loopback; this Ray version "
+                           "no longer honours ray_constants.ENABLE_RAY_CLUSTER (see ray_pool._start_local)")
 
 
 def _start_actor(pair: ScorerPair, cfg: RayConfig) -> ray.actor.ActorHandle:
@@ -105,6 +154,21 @@ def _run_round(
         results[index] = rows
 
 
+def _score_rounds(
+    pair: ScorerPair, batches: list[list[dict[str, Any]]], cfg: RayConfig, stats: PoolStats,
+    actors: list[ray.actor.ActorHandle], results: dict[int, list[dict[str, Any]]],
+) -> None:
+    """Wait for every actor to load, then score the batches without a result, up to `max_rounds` rounds."""
+    ray.get([actor.pid.remote() for actor in actors])  # both scorers loaded: a bad checkpoint fails here
+    pool = ActorPool(list(actors))
+    for _ in range(cfg.max_rounds):
+        missing = [(i, b) for i, b in enumerate(batches) if i not in results]
+        if not missing:
+            break
+        stats.num_rounds += 1
+        _run_round(pool, missing, results, pair, cfg, stats, actors)
+
+
 def score_records_ray(
     pair: ScorerPair, records: Sequence[dict[str, Any]], batch_size: int, cfg: RayConfig
 ) -> tuple[list[dict[str, Any]], PoolStats]:
@@ -114,24 +178,15 @@ def score_records_ray(
     ids = check_ids(records, "score")
     batches = make_batches(records, batch_size)
     stats = PoolStats(num_batches=len(batches))
-    started = connect(cfg)
-    actors = [_start_actor(pair, cfg) for _ in range(min(cfg.num_actors, max(1, len(batches))))]
-    stats.num_actors_started = len(actors)
     results: dict[int, list[dict[str, Any]]] = {}
-    try:
-        ray.get([actor.pid.remote() for actor in actors])  # both scorers loaded: a bad checkpoint fails here
-        pool = ActorPool(list(actors))
-        for _ in range(cfg.max_rounds):
-            missing = [(i, b) for i, b in enumerate(batches) if i not in results]
-            if not missing:
-                break
-            stats.num_rounds += 1
-            _run_round(pool, missing, results, pair, cfg, stats, actors)
-    finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-        if started:
-            ray.shutdown()
+    with connect(cfg):
+        actors = [_start_actor(pair, cfg) for _ in range(min(cfg.num_actors, max(1, len(batches))))]
+        stats.num_actors_started = len(actors)
+        try:
+            _score_rounds(pair, batches, cfg, stats, actors, results)
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
     missing = [i for i in range(len(batches)) if i not in results]
     if missing:
         raise RuntimeError(f"score: {len(missing)} batches still unscored after {cfg.max_rounds} rounds")

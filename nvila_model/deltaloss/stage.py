@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nvila_model.data.manifest import default_media_root, read_manifest
+from nvila_model.data.manifest import media_root_for, read_manifest
 from nvila_model.deltaloss.config import SCORES_FILE, TRAIN_MANIFEST, ScoreConfig
 from nvila_model.deltaloss.scorer import SCORE_COLUMNS, ScorerPair, check_ids, score_records_local
 from nvila_model.manifest import staged_output, write_stage_manifest
@@ -87,7 +87,12 @@ def scorer_pairs(cfg: ScoreConfig, records: list[dict[str, Any]], media_root: Pa
     """(small, large, indices of the records they score) per scorer pair: the configured checkpoints for every
     record, or bootstrap proxies trained into `scorers` (one pair, or one per fold when cross-fitting)."""
     if cfg.small_checkpoint is not None:
-        return [(Path(cfg.small_checkpoint), Path(cfg.large_checkpoint), np.arange(len(records)))]
+        from nvila_model.checkpoint import check_nvila_checkpoint
+
+        small, large = Path(cfg.small_checkpoint), Path(cfg.large_checkpoint)
+        for path in (small, large):  # here, not inside a Ray actor where it would surface as ActorDiedError
+            check_nvila_checkpoint(path, task="score with")
+        return [(small, large, np.arange(len(records)))]
     from nvila_model.deltaloss.bootstrap import bootstrap_scorers, fold_plan
 
     pairs = []
@@ -111,7 +116,7 @@ def run_score(cfg: ScoreConfig, *, data: str | Path, out: str | Path, scorers: s
     if cfg.max_samples is not None:
         records = records[: cfg.max_samples]
     check_ids(records, manifest)
-    media_root = default_media_root(manifest).resolve()
+    media_root = media_root_for(manifest, None, f"the media root of {data}").resolve()
     pairs = scorer_pairs(cfg, records, media_root, tokenizer, scorers)
     Path(scorers).mkdir(parents=True, exist_ok=True)  # which scorers were used, beside any trained proxies
     used = [{"small": str(small), "large": str(large), "num_scored": len(scored)} for small, large, scored in pairs]

@@ -49,14 +49,8 @@ class PeakMemory:
         self.peak_bytes = self._max_rss - self.start_bytes
 
 
-def model_state_bytes(model: torch.nn.Module, nf4_llm: bool = False) -> int:
-    """Weights + gradients + AdamW moments of `model` as `apply_mode` left it (activations excluded): fp32 weights
-    (4 bits for the LLM decoder Linears under QLoRA's NF4), and 4 + 8 bytes per trainable parameter."""
-    total = trainable = nf4 = 0
-    for name, param in model.named_parameters():
-        total += param.numel()
-        trainable += param.numel() if param.requires_grad else 0
-        if nf4_llm and "language_model" in name and ".layers." in name and "lora_" not in name \
-                and param.dim() == 2 and not param.requires_grad:
-            nf4 += param.numel()
-    return 4 * (total - nf4) + nf4 // 2 + 12 * trainable
+def model_state_bytes(model: torch.nn.Module) -> int:
+    """Weights as stored (packed 4-bit bytes for a bitsandbytes LLM, fp32 elsewhere) plus a gradient and two AdamW
+    moments per trainable parameter, in bytes (activations excluded)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + sum(3 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)

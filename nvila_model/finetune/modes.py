@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,37 +28,45 @@ def lora_config(settings: LoraSettings) -> Any:
 
 
 def qlora_refusal() -> str | None:
-    """Why QLoRA cannot run here (bitsandbytes 4-bit needs a CUDA GPU and the package), or None when it can."""
-    if not torch.cuda.is_available():
-        return "QLoRA needs bitsandbytes 4-bit kernels on a CUDA GPU; this machine has none (use mode lora or ln_lora)"
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        return "QLoRA needs bitsandbytes (`pip install bitsandbytes`); it is not installed (use mode lora or ln_lora)"
+    """Why QLoRA cannot run here (bitsandbytes missing), or None when it can: bitsandbytes >= 0.45 runs its 4-bit
+    layers on CUDA and on x86 CPUs alike."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "finetune.mode qlora needs bitsandbytes: pip install 'nvila-pipeline[qlora]' (or use mode lora)"
     return None
 
 
-def quantize_llm_nf4(lm: nn.Module) -> None:
-    """QLoRA base: the LLM's decoder Linears as bitsandbytes NF4 (bf16 compute) on the GPU; lm_head stays."""
-    import bitsandbytes as bnb
+def nf4_config() -> Any:
+    """QLoRA's base quantization (Dettmers et al. 2023): NF4 weights, double-quantized scales, bf16 compute."""
+    from transformers import BitsAndBytesConfig
 
-    for name, linear in list(lm.model.layers.named_modules()):
-        if not isinstance(linear, nn.Linear):
-            continue
-        q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                              compute_dtype=torch.bfloat16, quant_type="nf4")
-        q.weight = bnb.nn.Params4bit(linear.weight.data.cpu(), requires_grad=False, quant_type="nf4")
-        if linear.bias is not None:
-            q.bias = nn.Parameter(linear.bias.data, requires_grad=False)
-        parent, _, child = name.rpartition(".")
-        setattr(lm.model.layers.get_submodule(parent) if parent else lm.model.layers, child, q.cuda())
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["lm_head"])
+
+
+def load_llm_4bit(checkpoint: str | Path, text_config: Any, device: torch.device) -> nn.Module:
+    """The LLM of an NVILA checkpoint directory loaded by transformers in 4 bit (`BitsAndBytesConfig`): its decoder
+    Linears become bitsandbytes `Linear4bit` (lm_head stays), and the model is marked `is_loaded_in_4bit`, which is
+    what peft reads to wrap those layers with its 4-bit LoRA class. The vision tower and projector weights in the
+    same file are not this model's and are skipped."""
+    from transformers import Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the skipped vision/projector keys would be listed as unexpected
+    try:
+        lm, info = Qwen2ForCausalLM.from_pretrained(
+            str(checkpoint), config=text_config, quantization_config=nf4_config(), device_map={"": str(device)},
+            key_mapping={r"^language_model\.": ""}, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        raise ValueError(f"{checkpoint}: the LLM weights are incomplete, missing {sorted(info['missing_keys'])[:5]}")
+    return lm
 
 
 def apply_mode(model: nn.Module, cfg: FinetuneConfig) -> dict[str, int]:
     """Freeze / wrap `model` in place for `cfg.mode`; returns trainable parameter counts per module."""
     vision, llm = MODES[cfg.mode]
-    if llm == "qlora" and (reason := qlora_refusal()):
-        raise ValueError(reason)
     model.requires_grad_(False)
     model.projector.requires_grad_(True)
     if vision == "full":
@@ -70,10 +80,10 @@ def apply_mode(model: nn.Module, cfg: FinetuneConfig) -> dict[str, int]:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         if llm == "qlora":
-            model.vision_tower.cuda()
-            model.projector.cuda()
-            quantize_llm_nf4(model.language_model)
-            model.language_model = prepare_model_for_kbit_training(model.language_model.cuda())
+            if not getattr(model.language_model, "is_loaded_in_4bit", False):
+                raise ValueError("finetune.mode qlora needs the LLM loaded in 4 bit (finetune.modes.load_llm_4bit)")
+            model.language_model = prepare_model_for_kbit_training(model.language_model,
+                                                                   use_gradient_checkpointing=False)
         model.language_model = get_peft_model(model.language_model, lora_config(cfg.lora))
     return trainable_counts(model)
 
@@ -94,9 +104,26 @@ def module_lrs(model: nn.Module, cfg: FinetuneConfig) -> dict[str, float]:
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold the LoRA weights into the LLM's Linears and drop peft's wrappers (no-op without LoRA)."""
+    """Fold the LoRA weights into the LLM's full-precision Linears and drop peft's wrappers (no-op without LoRA).
+    A 4-bit LLM is refused: its packed NF4 bytes are no place for a delta (see `merge_into_base`)."""
     from peft import PeftModel
 
     if isinstance(model.language_model, PeftModel):
+        if getattr(model.language_model.get_base_model(), "is_loaded_in_4bit", False):
+            raise ValueError("a QLoRA adapter merges into a full-precision copy of the base (merge_into_base)")
         model.language_model = model.language_model.merge_and_unload()
     return model
+
+
+def merge_into_base(trained: nn.Module, base: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """QLoRA export: `base` (the full-precision model the 4-bit LLM was loaded from) with the trained model's
+    vision tower and projector weights and the saved LoRA adapter merged into its LLM."""
+    from peft import PeftModel
+
+    rest = {k: v for k, v in trained.state_dict().items() if not k.startswith("language_model.")}
+    missing, unexpected = base.load_state_dict(rest, strict=False)
+    if unexpected or any(not k.startswith("language_model.") for k in missing):
+        raise ValueError(f"the trained model does not match its base: unexpected {unexpected[:5]}, "
+                         f"missing {[k for k in missing if not k.startswith('language_model.')][:5]}")
+    base.language_model = PeftModel.from_pretrained(base.language_model, str(adapter_dir)).merge_and_unload()
+    return base

@@ -14,29 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import PrinterCallback, TrainingArguments, set_seed
 
+from nvila_model.checkpoint import load_checkpoint
+from nvila_model.cli import progress_bars
 from nvila_model.data.collate import PaddingCollator
 from nvila_model.data.loader import LlavaDataset
-from nvila_model.data.manifest import default_media_root, read_manifest, schema_problem
+from nvila_model.data.manifest import media_root_for, read_manifest, schema_problem
+from nvila_model.device import resolve_device
 from nvila_model.finetune.config import MODES, FinetuneConfig
 from nvila_model.finetune.memory import PeakMemory, model_state_bytes
-from nvila_model.finetune.modes import apply_mode, merge_lora, module_lrs
+from nvila_model.finetune.modes import apply_mode, load_llm_4bit, merge_into_base, merge_lora, module_lrs, qlora_refusal
 from nvila_model.manifest import staged_output, write_stage_manifest
 from nvila_model.tracking import NullTracker, Tracker
 from nvila_model.train.hf_trainer import NVILATrainer, StageCallback
 from nvila_model.train.precision import resolve_precision
-
-
-def load_for_finetune(checkpoint: str | Path) -> tuple[Any, Any]:
-    """(model, processor) of any stage's NVILA checkpoint; anything else is a clear `ValueError`."""
-    from nvila_model.modeling import NVILAForConditionalGeneration
-    from nvila_model.processor import NVILAProcessor
-    from nvila_model.quant.quantize import check_nvila_checkpoint
-
-    check_nvila_checkpoint(checkpoint)
-    model = NVILAForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32)
-    return model, NVILAProcessor.from_pretrained(checkpoint)
 
 
 def valid_records(manifest: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -59,15 +51,20 @@ def training_args(cfg: FinetuneConfig, out: Path, bf16: bool) -> TrainingArgumen
         gradient_accumulation_steps=cfg.grad_accum, max_steps=cfg.max_steps, learning_rate=cfg.lr,
         lr_scheduler_type="cosine", warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps, save_strategy="no", bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
-        report_to="none", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+        report_to="none", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not progress_bars())
 
 
-def export(model: Any, processor: Any, out: Path) -> None:
-    """Save the LoRA adapter (when there is one) under `adapter/`, then the merged model as a plain checkpoint."""
+def export(model: Any, processor: Any, out: Path, checkpoint: Path) -> None:
+    """Save the LoRA adapter (when there is one) under `adapter/`, then the merged model as a plain checkpoint: LoRA
+    merges in place, QLoRA into a full-precision copy of `checkpoint` (never into the NF4 bytes)."""
     from peft import PeftModel
 
     if isinstance(model.language_model, PeftModel):
         model.language_model.save_pretrained(str(out / "adapter"))
+        if getattr(model.language_model.get_base_model(), "is_loaded_in_4bit", False):
+            base, _ = load_checkpoint(checkpoint, "cpu", allow_quantized=False)
+            model = merge_into_base(model, base, out / "adapter")
     merge_lora(model)
     model.requires_grad_(True)
     model.save_pretrained(str(out))
@@ -82,32 +79,41 @@ def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path, data: str | Path, 
     checkpoint, data, final = Path(checkpoint), Path(data), Path(output)
     torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
-    model, processor = load_for_finetune(checkpoint)
+    model, processor = load_checkpoint(checkpoint, device=None, allow_quantized=False, task="fine-tune")
     records, dropped = valid_records(data)
     total_params = sum(p.numel() for p in model.parameters())
+    qlora = MODES[cfg.mode][1] == "qlora"
+    if qlora:
+        if reason := qlora_refusal():
+            raise ValueError(reason)
+        model.language_model = load_llm_4bit(checkpoint, model.config.text_config, resolve_device("auto"))
     trainable = apply_mode(model, cfg)
     lrs = module_lrs(model, cfg)
-    state_bytes = model_state_bytes(model, nf4_llm=MODES[cfg.mode][1] == "qlora")
+    state_bytes = model_state_bytes(model)
     precision = resolve_precision(cfg.precision)
-    dataset = LlavaDataset(records, default_media_root(data), processor, max_length=cfg.max_length)
-    callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
+    dataset = LlavaDataset(records, media_root_for(data, None, f"the media root of {data}"), processor,
+                           max_length=cfg.max_length)
+    callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum, name="finetune",
+                             progress_lines=not progress_bars())
     with staged_output(final) as out:
         # The Trainer's output_dir stays empty (fine-tuning saves no Trainer checkpoints); it lives in the staging
         # folder so nothing is written beside the output.
         args = training_args(cfg, out, precision == "bf16")
         trainer = NVILATrainer(model=model, args=args, train_dataset=dataset,
                                data_collator=PaddingCollator(processor.pad_id), module_lrs=lrs, callbacks=[callback])
+        trainer.remove_callback(PrinterCallback)  # without a tqdm bar, StageCallback prints the progress lines
         tracker.log_params({f"finetune.{k}": v for k, v in asdict(cfg).items()})
         started = time.perf_counter()
         with PeakMemory() as memory:
             result = trainer.train()
         seconds = time.perf_counter() - started
-        export(model, processor, out)
+        export(model, processor, out, checkpoint)
         shutil.rmtree(out / "trainer", ignore_errors=True)
         write_meta(out, cfg, checkpoint, data, trainer, result, callback, memory, seconds,
                    {"trainable": trainable, "total_params": total_params, "lrs": lrs, "state_bytes": state_bytes,
                     "precision": precision, "records": len(records), "dropped": dropped,
-                    "skipped": len(dataset.failures)})
+                    "skipped": len(dataset.failures),
+                    "llm_base": "bitsandbytes nf4 (merged into the fp32 base)" if qlora else "fp32"})
     tracker.log_metrics({"train_seconds": seconds, "final_loss": result.training_loss,
                          "peak_memory_bytes": float(memory.peak_bytes), "trainable_params": float(trainable["total"])})
     return final
@@ -125,7 +131,7 @@ def write_meta(out: Path, cfg: FinetuneConfig, checkpoint: Path, data: Path, tra
             "peak_memory_bytes": memory.peak_bytes, "peak_memory_kind": memory.kind,
             "model_state_bytes": facts["state_bytes"], "final_loss": result.training_loss,
             "num_records": facts["records"], "dropped_records": facts["dropped"], "skipped_records": facts["skipped"],
-            "lora_merged": MODES[cfg.mode][1] in ("lora", "qlora")}
+            "lora_merged": MODES[cfg.mode][1] in ("lora", "qlora"), "llm_base": facts["llm_base"]}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     (out / "log_history.json").write_text(json.dumps(callback.history, indent=2))
     write_stage_manifest(out, "finetune", asdict(cfg), inputs={"checkpoint": checkpoint, "data": data},

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nvila_model.checkpoint import is_quantized, load_checkpoint
 from nvila_model.manifest import write_stage_manifest
 from nvila_model.modeling import NVILAForConditionalGeneration
 from nvila_model.official import config_map, layout, tokens, weights
@@ -42,14 +43,11 @@ def check_template(tokenizer, processor: NVILAProcessor) -> None:
         raise ValueError(f"{where}: tokenizer('\\n') differs from the processor's newline token")
 
 
-def load_checkpoint(ckpt: Path) -> tuple[NVILAForConditionalGeneration, NVILAProcessor]:
-    from nvila_model.quant.quantize import is_quantized
-
+def load_for_export(ckpt: Path) -> tuple[NVILAForConditionalGeneration, NVILAProcessor]:
+    """The checkpoint on the CPU in the dtype it was saved in (the export keeps it); a quantized one is refused."""
     if is_quantized(ckpt):
         raise ValueError(f"{ckpt}: a quantized checkpoint has no reference layout; export the unquantized one")
-    if not (ckpt / "config.json").is_file():
-        raise ValueError(f"{ckpt}: not a model directory (no config.json)")
-    return NVILAForConditionalGeneration.from_pretrained(str(ckpt)).eval(), NVILAProcessor.from_pretrained(ckpt)
+    return load_checkpoint(ckpt, "cpu", dtype="auto", allow_quantized=False)
 
 
 def write_llm(model, processor: NVILAProcessor, folder: Path, dtype: str) -> dict[str, Any]:
@@ -75,7 +73,7 @@ def export_official(ckpt: Path, out: Path) -> Path:
     with `<image>`, `<vila/video>`, `<vila/sentinel>`), vision_tower/ (SigLIP, `vision_model.` names, image
     processor), mm_projector/ (`layers.J` names). Returns `out`."""
     ckpt, out = Path(ckpt), Path(out)
-    model, processor = load_checkpoint(ckpt)
+    model, processor = load_for_export(ckpt)
     config_map.exportable(model.config)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     out.mkdir(parents=True, exist_ok=True)

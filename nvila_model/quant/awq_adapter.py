@@ -1,8 +1,10 @@
 """The one place that knows autoawq 0.2.9: LLM W4A16 quantization (AWQ) of a Qwen2 LM and its reloading.
 
 autoawq is archived upstream; its quirks on our CPUs, all handled here:
-- its Triton GEMM path is chosen whenever triton imports, which fails on CPU: `TRITON_AVAILABLE = False` makes
-  WQLinear_GEMM dequantize and matmul in fp16 (no speedup, 4-bit weights in memory);
+- it picks its GEMM kernel from process-wide flags (the CUDA extension `awq_ext`, else Triton whenever triton imports,
+  else dequantize + matmul), not from the tensors' device, so CPU tensors on a host with CUDA would reach the GPU
+  kernels: `use_kernels_for(device)` sets the flags for the device the model runs on (on a CPU: dequantize and
+  matmul in fp16, no speedup, 4-bit weights in memory). One process runs its AWQ models on one kind of device;
 - calibration texts longer than `max_calib_seq_len` are silently dropped and too few tokens make zero blocks:
   we cut the pipeline's token stream into blocks of exactly the calibration length ourselves;
 - its clip search asserts out_features % 64 == 0: clipping is switched off for tiny models;
@@ -21,18 +23,30 @@ from torch import nn
 AWQ_VERSION = "gemm"
 
 
+_GPU_KERNELS: dict[str, Any] = {}  # autoawq's own kernel flags as imported, restored for CUDA devices
+
+
 def _awq() -> Any:
-    """Import autoawq lazily (its import prints a deprecation notice) and switch off Triton without a GPU."""
+    """Import autoawq lazily (its import prints a deprecation notice); remember its GPU kernel flags."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            import awq.modules.linear.gemm as awq_gemm
-            from awq.models.qwen2 import Qwen2AWQForCausalLM
-        except ImportError as exc:  # pragma: no cover - autoawq is a declared dependency
-            raise ImportError("LLM W4A16 needs autoawq (`pip install autoawq`)") from exc
-    if not torch.cuda.is_available():
-        awq_gemm.TRITON_AVAILABLE = False
+        import awq.modules.linear.gemm as awq_gemm
+        from awq.models.qwen2 import Qwen2AWQForCausalLM
+    if not _GPU_KERNELS:
+        _GPU_KERNELS.update(awq_ext=awq_gemm.awq_ext, TRITON_AVAILABLE=awq_gemm.TRITON_AVAILABLE)
     return Qwen2AWQForCausalLM
+
+
+def use_kernels_for(device: torch.device | str) -> str:
+    """Point WQLinear_GEMM at the kernels of `device` (process-wide, see the module docstring); returns which."""
+    _awq()
+    import awq.modules.linear.gemm as awq_gemm
+
+    if torch.device(device).type == "cpu":
+        awq_gemm.awq_ext, awq_gemm.TRITON_AVAILABLE = None, False
+        return "dequantize+matmul"
+    awq_gemm.awq_ext, awq_gemm.TRITON_AVAILABLE = _GPU_KERNELS["awq_ext"], _GPU_KERNELS["TRITON_AVAILABLE"]
+    return "awq_ext" if awq_gemm.awq_ext is not None else "triton" if awq_gemm.TRITON_AVAILABLE else "dequantize+matmul"
 
 
 def awq_quant_config(w_bit: int, group_size: int, zero_point: bool) -> dict[str, Any]:
@@ -76,9 +90,12 @@ def calibration_blocks(token_lists: list[list[int]], num_samples: int, seq_len: 
 
 def quantize_lm(lm: nn.Module, token_lists: list[list[int]], *, w_bit: int, group_size: int, zero_point: bool,
                 num_calib_samples: int, calib_seq_len: int, apply_clip: str) -> dict[str, Any]:
-    """Run AWQ on `lm` in place (its decoder Linears become WQLinear_GEMM); returns what was done, for meta.json."""
+    """Run AWQ on `lm` in place (its decoder Linears become WQLinear_GEMM); returns what was done, for meta.json.
+
+    autoawq calibrates on its best device (the GPU when there is one) and leaves the layers on `lm`'s device."""
     check_quantizable(lm, group_size)
     wrapper_cls = _awq()
+    kernels = use_kernels_for(next(lm.parameters()).device)
     from awq.models._config import AwqConfig
 
     blocks = calibration_blocks(token_lists, num_calib_samples, calib_seq_len)
@@ -92,14 +109,16 @@ def quantize_lm(lm: nn.Module, token_lists: list[list[int]], *, w_bit: int, grou
         warnings.simplefilter("ignore")
         wrapper.quantize(None, qcfg, calib_data=blocks, max_calib_samples=len(blocks),
                          max_calib_seq_len=len(blocks[0]), apply_clip=clip)
-    return {"method": "awq", "library": "autoawq", "kernel": "WQLinear_GEMM", "w_bit": w_bit,
+    return {"method": "awq", "library": "autoawq", "kernel": "WQLinear_GEMM", "kernels": kernels, "w_bit": w_bit,
             "group_size": group_size, "zero_point": zero_point, "apply_clip": clip, "activations": "fp16",
             "calib_blocks": len(blocks), "calib_block_len": len(blocks[0]), "quantized_layers": names}
 
 
-def prepare_for_loading(lm: nn.Module, awq_meta: dict[str, Any]) -> None:
-    """Swap the LM's decoder Linears for empty WQLinear_GEMM layers that a saved state dict then fills."""
+def prepare_for_loading(lm: nn.Module, awq_meta: dict[str, Any], device: torch.device | str = "cpu") -> str:
+    """Swap the LM's decoder Linears for empty WQLinear_GEMM layers that a saved state dict then fills, with the
+    kernels of `device` selected; returns which kernels."""
     wrapper_cls = _awq()
+    kernels = use_kernels_for(device)
     from awq.models._config import AwqConfig
 
     qcfg = AwqConfig.from_dict(awq_quant_config(awq_meta["w_bit"], awq_meta["group_size"], awq_meta["zero_point"]))
@@ -107,6 +126,7 @@ def prepare_for_loading(lm: nn.Module, awq_meta: dict[str, Any]) -> None:
         warnings.simplefilter("ignore")
         wrapper_cls._load_quantized_modules(wrapper_cls, lm, qcfg, qcfg.version, use_exllama=False,
                                             use_exllama_v2=False, use_ipex=False)
+    return kernels
 
 
 def is_awq_linear(module: nn.Module) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from nvila_model.data.loader import LlavaDataset
-from nvila_model.data.manifest import default_media_root, read_manifest, record_kind
+from nvila_model.data.manifest import media_root_for, read_manifest, record_kind
 
 
 def calibration_samples(manifest: str | Path, media_root: str | Path | None, processor: Any, num_samples: int,
@@ -22,7 +22,7 @@ def calibration_samples(manifest: str | Path, media_root: str | Path | None, pro
     if not records:
         raise ValueError(f"{manifest}: no {'image or video ' if need_media else ''}records to calibrate on")
     chosen = random.Random(seed).sample(records, min(num_samples, len(records)))
-    root = Path(media_root) if media_root else default_media_root(manifest)
+    root = media_root_for(manifest, media_root or None)
     dataset = LlavaDataset(chosen, media_root=root, processor=processor)
     samples = [s for s in (dataset[i] for i in range(len(dataset))) if s is not None]
     if not samples:
@@ -53,6 +53,7 @@ def run_vision(model: Any, samples: list[dict[str, torch.Tensor]], max_tiles: in
     if not tiles:
         raise ValueError("calibration samples hold no image or video tiles")
     pixels = torch.cat(tiles)
+    device = next(model.parameters()).device
     for chunk in pixels.split(max_tiles):
-        model.vision_features(chunk)
+        model.vision_features(chunk.to(device))
     return int(pixels.shape[0])

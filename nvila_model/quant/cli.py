@@ -41,14 +41,16 @@ def infer(
     prompt: str = typer.Option(..., help="the question"),
     image: Path | None = typer.Option(None, help="an image file"),
     video: Path | None = typer.Option(None, help="a video file"),
-    variant: str = typer.Option("fp32", help="fp32 | bf16 | quantized"),
+    variant: str = typer.Option("auto", help="auto (quantized for a `nvila quantize` directory, else fp32) | fp32 | "
+                                             "bf16 | quantized"),
     max_new_tokens: int = typer.Option(32, help="greedy decoding length limit"),
     threads: int = typer.Option(2, help="torch CPU threads"),
+    device: str = typer.Option("auto", help="auto (cuda when available) | cpu | cuda[:N]"),
 ) -> None:
     """Answer a prompt about an image or a video with the fp32, bf16 or quantized model."""
     from nvila_model.quant.infer import run_infer
 
-    typer.echo(run_infer(checkpoint, prompt, variant, image, video, max_new_tokens, threads))
+    typer.echo(run_infer(checkpoint, prompt, variant, image, video, max_new_tokens, threads, device))
 
 
 def finetune(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import field
 
-from nvila_model.params import config
+from nvila_model.params import DeviceSetting, config
 
 W8A8_BACKENDS = ("auto", "torch_ao", "torchao")
 VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -64,6 +64,8 @@ class QuantizeConfig:
 
     seed: int = 0
     num_threads: int = 2
+    # auto (cuda when available: the torchao W8A8 backend, AWQ on the GPU) | cpu | cuda[:N]
+    device: DeviceSetting = "auto"
     vision: VisionW8A8Config = field(default_factory=VisionW8A8Config)
     llm: LLMW4A16Config = field(default_factory=LLMW4A16Config)
 

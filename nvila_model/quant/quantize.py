@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from nvila_model.checkpoint import QUANT_KIND, load_checkpoint
+from nvila_model.device import resolve_device
 from nvila_model.manifest import staged_output, write_stage_manifest
 from nvila_model.params import to_dict
 from nvila_model.quant import awq_adapter, calib, smoothquant, w8a8
@@ -18,37 +20,6 @@ from nvila_model.quant.config import QuantizeConfig
 from nvila_model.tracking import NullTracker, Tracker
 
 WEIGHTS = "model.safetensors"
-QUANT_KIND = "quantized"  # what nvila_model.evaluate.load_model looks for in meta.json
-
-
-def is_quantized(path: str | Path) -> bool:
-    """Whether `path` is a directory written by `nvila quantize` (its meta.json says kind: quantized)."""
-    meta_file = Path(path) / "meta.json"
-    return meta_file.is_file() and json.loads(meta_file.read_text()).get("kind") == QUANT_KIND
-
-
-def check_nvila_checkpoint(path: str | Path) -> None:
-    """A clear `ValueError` unless `path` is an NVILA checkpoint directory (config.json with model_type nvila)."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{path}: not an NVILA checkpoint (no config.json)")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != "nvila":
-        raise ValueError(f"{path}: not an NVILA checkpoint: config.json model_type is {model_type!r}, expected "
-                         "'nvila' (quantize takes the output of a training or fine-tuning stage)")
-    if is_quantized(path):
-        raise ValueError(f"{path}: already quantized; quantize the fp32 checkpoint it came from")
-
-
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, Any]:
-    """(model in eval mode, processor) of an NVILA checkpoint directory."""
-    from nvila_model.modeling import NVILAForConditionalGeneration
-    from nvila_model.processor import NVILAProcessor
-
-    check_nvila_checkpoint(path)
-    model = NVILAForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval()
-    return model, NVILAProcessor.from_pretrained(path)
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor], prefix: str = "") -> int:
@@ -136,13 +107,14 @@ def run_quantize(cfg: QuantizeConfig, checkpoint: str | Path, output: str | Path
     checkpoint, output, manifest = Path(checkpoint), Path(output), Path(calib_manifest)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
-    model, processor = load_checkpoint(checkpoint)
+    device = resolve_device(cfg.device, "quantize.device")
+    model, processor = load_checkpoint(checkpoint, device, allow_quantized=False, task="quantize")
     meta, tensors = quantize_model(model, processor, cfg, manifest)
-    meta["source_checkpoint"] = str(checkpoint)
+    meta |= {"source_checkpoint": str(checkpoint), "device": str(device)}
     with staged_output(output) as tmp:
         save_quantized(model, processor, tensors, meta, tmp)
         write_stage_manifest(tmp, "quantize", to_dict(cfg), inputs={"checkpoint": checkpoint, "calib": manifest},
-                             sizes=meta["sizes"])
+                             sizes=meta["sizes"], device=str(device))
     tracker = tracker or NullTracker()
     tracker.log_metrics({"quantize_seconds": meta["seconds"], **{f"size_ratio_{part}": float(v["ratio"])
                                                                  for part, v in meta["sizes"].items()}})
@@ -164,7 +136,8 @@ def save_quantized(model: nn.Module, processor: Any, tensors: dict[str, torch.Te
     output.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(str(output))
     processor.save_pretrained(output)
-    save_file(tensors, str(output / WEIGHTS), metadata={"format": "pt", "kind": QUANT_KIND})
+    host = {k: v.to("cpu") for k, v in tensors.items()}  # a model quantized on the GPU is saved from host memory
+    save_file(host, str(output / WEIGHTS), metadata={"format": "pt", "kind": QUANT_KIND})
     source = Path(meta["source_checkpoint"])
     meta["sizes"]["disk"] = {"before_bytes": sum(p.stat().st_size for p in source.glob("*.safetensors")),
                              "after_bytes": (output / WEIGHTS).stat().st_size}

@@ -41,9 +41,9 @@ def train(
     params: Path = PARAMS,
 ) -> None:
     """Run one of the five training stages (its params key); resumes an interrupted run of it."""
+    from nvila_model.params import TRAIN_STAGES as STAGES
     from nvila_model.params import load_params
     from nvila_model.tracking import current_tracker
-    from nvila_model.train.config import STAGES
     from nvila_model.train.stage import run_stage
 
     if stage not in STAGES:

@@ -7,25 +7,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from nvila_model.params import config
+from nvila_model.params import DeviceSetting, config
 
 MODULES = ("vision_tower", "projector", "language_model")
-STAGES = ("projector_init", "vision_pretrain", "token_pretrain", "image_sft", "video_sft")
 Module = Literal["vision_tower", "projector", "language_model"]
 Precision = Literal["auto", "fp32", "bf16", "fp8"]
 Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
-
-
-# `params.yaml:init_checkpoints`: released NVILA checkpoints (the official layout) to adapt instead of training from
-# scratch, {name: folder}. Each gets its own import -> fine-tune -> quantize -> eval stages in dvc.yaml (`@name`).
-InitCheckpoints = dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")], str]
 
 
 @config
 class ModelParams:
     """`params.yaml:model`: the preset, NVILAConfig overrides, and optional local pretrained components."""
 
-    preset: Literal["tiny", "small", "nvila-8b", "nvila-lite-8b"] = "tiny"
+    preset: Literal["tiny", "small", "gpu-check", "nvila-8b", "nvila-lite-8b"] = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
     vision_path: str | None = None   # a local SigLIP vision checkpoint directory
     llm_path: str | None = None      # a local Qwen2 checkpoint directory
@@ -54,8 +48,10 @@ class StageConfig:
     num_video_frames: int | None = Field(default=None, ge=1)   # override the model's frames for this stage
     video_pool_size: int | None = Field(default=None, ge=1)
     packing: bool = True
-    pack_tokens: int | None = Field(default=None, ge=16)     # token budget of one packed row; default max_length
+    pack_tokens: int | None = Field(default=None, ge=16)     # token budget of one packed row (SDPA/eager); default
+    #                                                          max_length (flash-attn packs one row per micro-batch)
     precision: Precision = "auto"            # auto (bf16 where supported) | fp32 | bf16 | fp8
+    fp8_emulate: bool | None = None          # fp8 matmuls emulated in bf16; None: exactly when no FP8 GPU
     attn_implementation: Attention = "auto"  # auto (flash-attn varlen on GPU when installed, else sdpa)
     gradient_checkpointing: bool = False
     deepspeed: str | None = None             # a configs/deepspeed/*.json, used when distributed or on GPU
@@ -97,3 +93,4 @@ class EvalConfig:
     limit_per_subset: int | None = Field(default=None, ge=1)
     efficiency_samples: int = Field(default=4, ge=0)
     decode_tokens: int = Field(default=16, ge=2)
+    device: DeviceSetting = "auto"  # auto (cuda when available) | cpu | cuda[:N]; recorded in the manifest

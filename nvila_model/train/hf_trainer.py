@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
@@ -53,18 +54,22 @@ class NVILATrainer(Trainer):
 
 
 class StageCallback(TrainerCallback):
-    """Measures throughput and forwards the Trainer's logs to the tracker."""
+    """Measures throughput, forwards the Trainer's logs to the tracker and, with `progress_lines` (no terminal for a
+    tqdm bar), prints one progress line per log step to stderr."""
 
-    def __init__(self, tracker: Tracker | None = None, samples_per_step: int = 1):
+    def __init__(self, tracker: Tracker | None = None, samples_per_step: int = 1, name: str = "train",
+                 progress_lines: bool = False):
         self.tracker = tracker or NullTracker()
         self.samples_per_step = samples_per_step
+        self.name = name
+        self.progress_lines = progress_lines
         self.started = 0.0
-        self.last_time, self.last_step = 0.0, 0
+        self.last_time, self.last_step, self.first_step = 0.0, 0, 0
         self.history: list[dict[str, float]] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = self.last_time = time.perf_counter()
-        self.last_step = state.global_step
+        self.first_step = self.last_step = state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         now = time.perf_counter()
@@ -75,3 +80,30 @@ class StageCallback(TrainerCallback):
         self.last_time, self.last_step = now, state.global_step
         self.history.append({"step": state.global_step, **metrics})
         self.tracker.log_metrics(metrics, step=state.global_step)
+        if self.progress_lines and state.is_world_process_zero:
+            if "train_runtime" in metrics:  # the Trainer's closing summary
+                line = (f"{self.name} done: {state.global_step} steps in {metrics['train_runtime']:.1f} s, "
+                        f"mean loss {metrics.get('train_loss', float('nan')):.4g}")
+            else:
+                line = progress_line(self.name, state.global_step, state.max_steps, now - self.started, metrics,
+                                     state.global_step - self.first_step)
+            print(line, file=sys.stderr, flush=True)
+
+
+def progress_line(name: str, step: int, max_steps: int, elapsed_s: float, metrics: dict[str, float],
+                  steps_done: int | None = None) -> str:
+    """One line of training progress, e.g. `image_sft step 20/120 (17%)  loss 2.31  lr 1.90e-04 ... eta 1m40s`;
+    `steps_done` (default `step`) are the steps `elapsed_s` covers (fewer after a resume)."""
+    parts = [f"{name} step {step}/{max_steps} ({step / max(max_steps, 1):.0%})"]
+    for key, fmt in (("loss", ".4g"), ("grad_norm", ".3g"), ("learning_rate", ".2e"), ("samples_per_s", ".1f")):
+        if key in metrics:
+            parts.append(f"{'lr' if key == 'learning_rate' else key.replace('_per_', '/')} {metrics[key]:{fmt}}")
+    done = step if steps_done is None else steps_done
+    remaining = elapsed_s / done * (max_steps - step) if done > 0 else 0.0
+    parts.append(f"elapsed {_duration(elapsed_s)} eta {_duration(remaining)}")
+    return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

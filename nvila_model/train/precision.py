@@ -2,7 +2,12 @@
 
 FP8 is a converter applied after the model is built (model code stays precision-agnostic): torchao's float8 training
 swaps the LLM's q/k/v/o/gate/up/down Linears for Float8Linear (E4M3 forward, E5M2 gradients, per-tensor scales);
-the vision tower, projector and lm_head stay in bf16. On CPU torchao's emulation runs so tests cover the path.
+the vision tower, projector and lm_head stay in bf16. `torch._scaled_mm` (cuBLAS) needs the inner dimension and
+both dimensions of the second operand to be multiples of 16. The feature sizes are checked here; the third matmul
+(weight gradient = grad_output^T @ input) has the micro-batch's token count as its inner dimension, which packing
+makes arbitrary, so torchao's `pad_inner_dim` zero-pads it (zeros add nothing to the product). On CPU torchao's
+emulation runs by default; `fp8_emulate: false` runs the real `torch._scaled_mm` CPU kernel, which does not enforce
+the rule itself (tests check it).
 """
 
 from __future__ import annotations
@@ -34,14 +39,20 @@ def fp8_hardware() -> str:
     return "gpu"
 
 
-def resolve_precision(requested: str) -> str:
-    """The path a run takes: 'fp32', 'bf16', 'fp8-gpu' or 'fp8-cpu-emulated' (never a silent fallback)."""
+def resolve_precision(requested: str, fp8_emulate: bool | None = None) -> str:
+    """The path a run takes: 'fp32', 'bf16', or for fp8 'fp8-gpu', 'fp8-cpu-emulated', 'fp8-cpu-scaled-mm' (the
+    real float8 matmul on the CPU kernel) or 'fp8-gpu-emulated' (never a silent fallback). `fp8_emulate` None:
+    emulate exactly when there is no FP8 GPU."""
     if requested == "auto":
         return "bf16" if bf16_supported() else "fp32"
     if requested == "bf16" and not bf16_supported():
         raise ValueError("precision bf16 requested but this hardware has no bf16 support; use fp32")
     if requested == "fp8":
-        return f"fp8-{fp8_hardware()}"
+        hardware = fp8_hardware()
+        emulate = hardware == "cpu-emulated" if fp8_emulate is None else fp8_emulate
+        if hardware == "gpu":
+            return "fp8-gpu-emulated" if emulate else "fp8-gpu"
+        return "fp8-cpu-emulated" if emulate else "fp8-cpu-scaled-mm"
     return requested
 
 
@@ -75,7 +86,7 @@ def convert_fp8(model: nn.Module, path: str) -> list[str]:
         if linear.in_features % 16 or linear.out_features % 16:
             raise ValueError(f"FP8 needs Linear sizes divisible by 16; {name} is "
                              f"{linear.in_features}x{linear.out_features}")
-    config = Float8LinearConfig(emulate=path == "fp8-cpu-emulated")
+    config = Float8LinearConfig(emulate=path.endswith("emulated"), pad_inner_dim=True)
     convert_to_float8_training(model, module_filter_fn=is_fp8_target, config=config)
     log.info("FP8 (%s): converted %d LLM linear layers", path, len(targets))
     return targets

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import PrinterCallback, TrainingArguments, set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from nvila_model.checkpoint import load_checkpoint
+from nvila_model.cli import progress_bars
 from nvila_model.data.collate import PackingCollator, PaddingCollator
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.manifest import read_manifest
@@ -35,25 +38,13 @@ log = logging.getLogger(__name__)
 WORK_ENV = "NVILA_WORK_DIR"  # where interrupted stages keep their resumable checkpoints (outside the outputs)
 
 
-def load_stage_model(path: str | Path) -> tuple[NVILAForConditionalGeneration, Any]:
-    """(model, tokenizer) of a stage checkpoint directory; a missing or corrupt file is one line naming it."""
-    path = Path(path)
-    weights = path / "model.safetensors"
-    for needed in (path / "config.json", weights):
-        if not needed.is_file():
-            raise ValueError(f"{needed}: not found; {path} is not a stage checkpoint directory")
-    try:
-        model = NVILAForConditionalGeneration.from_pretrained(path)
-    except Exception as exc:  # safetensors, JSON and torch raise their own types for a truncated or corrupt file
-        raise ValueError(f"{weights}: cannot be loaded ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
-    return model, NVILAProcessor.from_pretrained(path).tokenizer
-
-
 def build_model(cfg: StageConfig, model_params: ModelParams, init: str | Path | None = None,
                 tokenizer_dir: str | Path | None = None) -> tuple[NVILAForConditionalGeneration, NVILAProcessor]:
-    """The previous stage's model (`init`), or (first stage) a fresh one from the preset and the trained tokenizer."""
+    """The previous stage's model (`init`; a missing or corrupt file is one line naming it), or (first stage) a fresh
+    one from the preset and the trained tokenizer. Under ZeRO-3 both are built inside `deepspeed.zero.Init`."""
     if init is not None:
-        model, tokenizer = load_stage_model(init)
+        model, processor = load_checkpoint(init, device=None, allow_quantized=False)
+        tokenizer = processor.tokenizer
     else:
         if tokenizer_dir is None:
             raise ValueError("the first training stage needs the tokenizer folder (--tokenizer)")
@@ -80,7 +71,9 @@ def freeze_except(model: NVILAForConditionalGeneration, train_modules: list[str]
     unused = set(model.unused_vision_parameters())
     for name, p in model.named_parameters():
         p.requires_grad_(name.split(".", 1)[0] in train_modules and name not in unused)
-    return {m: sum(p.numel() for p in model.get_submodule(m).parameters() if p.requires_grad) for m in MODULES}
+    # a ZeRO-3 partitioned parameter is an empty placeholder; ds_numel is its full size
+    return {m: sum(getattr(p, "ds_numel", p.numel()) for p in model.get_submodule(m).parameters() if p.requires_grad)
+            for m in MODULES}
 
 
 def train_records(cfg: StageConfig, datasets: DatasetsConfig, data: str | Path | None,
@@ -115,8 +108,20 @@ def training_arguments(cfg: StageConfig, checkpoints: Path, bf16: bool) -> Train
         save_steps=cfg.save_steps, save_total_limit=1, bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
         dataloader_num_workers=cfg.num_workers, report_to="none", remove_unused_columns=False,
         activation_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed if use_deepspeed else None,
-        use_cpu=not torch.cuda.is_available(), save_only_model=False, disable_tqdm=False,
+        use_cpu=not torch.cuda.is_available(), save_only_model=False, disable_tqdm=not progress_bars(),
     )
+
+
+def make_collator(cfg: StageConfig, pad_id: int, attention: str) -> tuple[Any, str]:
+    """The stage's batch collator and how it lays out a micro-batch (recorded in meta.json): with flash-attn one
+    packed row per micro-batch with varlen boundaries, with SDPA/eager rows of at most `pack_tokens` tokens."""
+    if not cfg.packing:
+        return PaddingCollator(pad_id), "padded rows, one sample each"
+    if attention == "flash_attention_2":
+        return (PackingCollator(pad_id, None, flash_attn_kwargs=True),
+                "one packed row per micro-batch, flash-attn varlen boundaries (cu_seq_lens_q/k)")
+    budget = cfg.pack_tokens or cfg.max_length
+    return PackingCollator(pad_id, budget), f"packed rows of <= {budget} tokens, block-diagonal mask from position_ids"
 
 
 def work_dir(stage: str, fingerprint: str, root: str | Path | None = None) -> Path:
@@ -133,14 +138,43 @@ def fingerprint(stage: str, cfg: Any, extra: dict[str, Any], inputs: dict[str, s
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")  # written last by the Trainer's save
+DEEPSPEED_TAG = "latest"  # DeepSpeed's save_checkpoint names its finished global_step folder here
+
+
+def is_complete(ckpt: Path) -> bool:
+    """Whether the Trainer finished writing checkpoint folder `ckpt`. Under DeepSpeed the model, optimizer and
+    scheduler states live in the folder its `latest` file names (no optimizer.pt; no weights file under ZeRO-3)."""
+    if not (ckpt / "trainer_state.json").is_file():  # the Trainer writes it last
+        return False
+    tag = ckpt / DEEPSPEED_TAG
+    if tag.is_file():
+        return (ckpt / tag.read_text().strip()).is_dir()
+    return all((ckpt / name).is_file() for name in CHECKPOINT_FILES) and any(ckpt.glob("model*.safetensors"))
+
+
+def complete_checkpoints(ckpts: Path) -> list[Path]:
+    """The checkpoints in `ckpts` that were written whole, newest first. The Trainer writes a checkpoint folder file
+    by file, so a run killed while saving leaves a partial one, which is not resumable."""
+    found = sorted(ckpts.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
+    return [p for p in found if is_complete(p)]
+
+
 def resume_point(work: Path, resume: bool, is_main: bool = True) -> str | None:
-    """The last checkpoint of an interrupted run with this fingerprint, else None (and a fresh work folder)."""
+    """The last complete checkpoint of an interrupted run with this fingerprint, else None (and a fresh work
+    folder). Partial checkpoints newer than it (a kill while saving) are removed by the main process."""
     ckpts = work / "checkpoints"
-    last = get_last_checkpoint(str(ckpts)) if resume and ckpts.is_dir() else None
-    if last is None and is_main:
-        shutil.rmtree(work, ignore_errors=True)
-        ckpts.mkdir(parents=True)
-    return last
+    complete = complete_checkpoints(ckpts) if resume and ckpts.is_dir() else []
+    if is_main:
+        if not complete:
+            shutil.rmtree(work, ignore_errors=True)
+            ckpts.mkdir(parents=True)
+        else:
+            for partial in ckpts.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+                if int(partial.name.rsplit("-", 1)[1]) > int(complete[0].name.rsplit("-", 1)[1]):
+                    log.warning("removing %s: written partly (the run was killed while saving)", partial)
+                    shutil.rmtree(partial)
+    return str(complete[0]) if complete else None
 
 
 def run_stage(stage: str, cfg: StageConfig, model_params: ModelParams, datasets: DatasetsConfig, *,
@@ -171,7 +205,7 @@ def pass_through(stage: str, cfg: StageConfig, init: str | Path | None, out: Pat
     if init is None:
         raise ValueError(f"{stage}: enabled is false, but the first training stage has no previous model to pass on")
     init = Path(init)
-    load_stage_model(init)  # a missing or corrupt input fails here, naming the file
+    load_checkpoint(init, device=None, allow_quantized=False, task="pass on")  # a missing or corrupt input fails here
     with staged_output(out) as tmp:
         for item in sorted(init.iterdir()):
             if item.name not in PASSED_ON:
@@ -207,26 +241,35 @@ def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]],
     The one training implementation: the five stages and the DeltaLoss proxy scorers both come through here.
     """
     tracker = tracker or NullTracker()
-    precision = resolve_precision(cfg.precision)
+    precision = resolve_precision(cfg.precision, cfg.fp8_emulate)
     use_bf16 = precision == "bf16" or (precision.startswith("fp8") and bf16_supported())
     args = training_arguments(cfg, work / "checkpoints", use_bf16)  # sets up torch.distributed when launched so
     with args.main_process_first(desc="work folder"):
         resume_from = resume_point(work, cfg.resume, is_main=args.process_index == 0)
     set_seed(cfg.seed)
-    model, processor = make_model()
+    zero3 = is_deepspeed_zero3_enabled()  # the TrainingArguments above registered the DeepSpeed config
+    if zero3:
+        import deepspeed
+
+        # zero.Init takes the world size from deepspeed.comm: the TrainingArguments set it up on GPUs; on CPU (gloo)
+        # only torch.distributed is, and this wraps that group (a no-op when already done)
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    model, processor = make_model()  # under ZeRO-3 transformers builds and loads it inside deepspeed.zero.Init
     attention = resolve_attention(cfg.attn_implementation)
     model.set_attn_implementation(attention)
     trainable = freeze_except(model, cfg.train_modules)
     fp8_layers = convert_fp8(model, precision) if precision.startswith("fp8") else []
     dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length, substitute_failed=True)
-    pad_id = processor.pad_id
-    collator = PackingCollator(pad_id, cfg.pack_tokens or cfg.max_length) if cfg.packing else PaddingCollator(pad_id)
-    callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
+    collator, layout = make_collator(cfg, processor.pad_id, attention)
+    callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum, name=stage,
+                             progress_lines=args.disable_tqdm)
     trainer = NVILATrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                            module_lrs=cfg.lr, callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # without a tqdm bar, StageCallback prints the progress lines
     run = {"stage": stage, "precision": precision, "attention": attention, "fp8_layers": len(fp8_layers),
-           "packing": cfg.packing, "deepspeed": args.deepspeed or "off", "trainable_params": trainable,
-           "num_train_records": len(records), "resumed_from": resume_from}
+           "packing": cfg.packing, "batch_layout": layout, "deepspeed": args.deepspeed or "off",
+           "built_under_zero_init": zero3, "trainable_params": trainable, "num_train_records": len(records),
+           "resumed_from": resume_from}
     tracker.log_params({f"{stage}.{k}": v for k, v in asdict(cfg).items()} | {"precision_path": precision})
     log.info("stage %s: %s", stage, run)
     started = time.perf_counter()

@@ -65,7 +65,8 @@ def test_cli_generate_validate_and_help(tmp_path: Path, monkeypatch: pytest.Monk
     register(app)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"generate": {"scale": 0.02, "seed": 5, "subsets": {
-        name: {"enabled": name == "counting"} for name in subset_configs(GenerateConfig())}}, "validate": {}}))
+        name: {"enabled": name == "counting"} for name in subset_configs(GenerateConfig())}}, "validate": {},
+        "model": {"preset": "tiny"}}))
     runner = CliRunner()
     for cmd in ("generate", "validate", "datasets"):
         assert runner.invoke(app, ["data", cmd, "--help"]).exit_code == 0

@@ -61,5 +61,5 @@ def test_unloadable_record_keeps_its_row_with_nan(colour_corpus, tmp_path):
 def test_bad_config_raises(colour_corpus, tmp_path):
     with pytest.raises(ValueError, match="both small_checkpoint and large_checkpoint"):
         ScoreConfig(small_checkpoint="x")
-    with pytest.raises(ValueError, match="not a checkpoint directory"):
+    with pytest.raises(ValueError, match="not an NVILA checkpoint"):
         CheckpointScorer(tmp_path, colour_corpus)

@@ -53,3 +53,12 @@ def test_prune_command_runs_from_params(colour_corpus, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "p" / "summary.json").read_text())["keep_ratio"] == 0.5
     assert json.loads((tmp_path / "scorers" / "scorers.json").read_text())["bootstrap"] is False
+
+
+def test_a_missing_scorer_checkpoint_is_one_clear_error_before_ray(colour_corpus, tmp_path):
+    from nvila_model.deltaloss.stage import run_score
+
+    cfg = ScoreConfig(small_checkpoint=str(tmp_path / "missing"), large_checkpoint=str(colour_corpus / "large"))
+    with pytest.raises(ValueError, match=r"missing: not an NVILA checkpoint \(no config.json\)"):
+        # ray.num_actors is 2: without the up-front check this was a Ray ActorDiedError
+        run_score(cfg, data=colour_corpus, out=tmp_path / "s", scorers=tmp_path / "scorers", tokenizer=tmp_path)

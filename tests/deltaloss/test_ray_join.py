@@ -81,9 +81,9 @@ pair = ScorerPair(small=functools.partial(BigramScorer, uniform(5), 0.0),
                   large=functools.partial(BigramScorer, memorizer(5, [0, 3, 1, 4, 2]), 0.0))
 records = json.loads(input())
 cfg = RayConfig(num_actors=2, cpus_per_actor=1)
-joined = connect(cfg)
-info = {"joined": joined, "gcs": ray.get_runtime_context().gcs_address, "cpus": ray.cluster_resources().get("CPU")}
-rows, stats = score_records_ray(pair, records, batch_size=4, cfg=cfg)
+with connect(cfg) as joined:
+    info = {"joined": joined, "gcs": ray.get_runtime_context().gcs_address, "cpus": ray.cluster_resources().get("CPU")}
+    rows, stats = score_records_ray(pair, records, batch_size=4, cfg=cfg)
 print("RESULT " + json.dumps({**info, "rows": rows, "batches": stats.num_batches, "actors": stats.num_actors_started}))
 """
 

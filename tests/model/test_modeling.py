@@ -1,5 +1,7 @@
 """The NVILA model: token counts, save/load, Auto classes, generation with the KV cache, learning, presets."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -79,9 +81,14 @@ def test_cached_and_uncached_greedy_generation_agree(processor, tiny_model):
     prompts = [processor.encode_prompt("<image>\nWhat colour is the square?", images=[red]),
                processor.encode_prompt("How many circles are there?")]
     batch = processor.pad(prompts, padding_side="left")
-    cached = tiny_model.generate(**batch, max_new_tokens=8, do_sample=False)
-    uncached = tiny_model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cached = tiny_model.generate(**batch, max_new_tokens=8, do_sample=False)
+        uncached = tiny_model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=False)
+        tiny_model(**processor.pad([_sample(processor)]))  # a training-style forward with labels
     assert torch.equal(cached, uncached)
+    # the KV cache travels under transformers' current name (`cache`): no deprecation warning at every step
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
 
 
 def test_loss_falls_when_overfitting_one_batch(processor, tiny_model):
@@ -110,7 +117,7 @@ def test_media_marker_mismatch_is_a_clear_error(processor, tiny_model):
 
 
 def test_presets_load_and_tiny_is_small():
-    assert set(PRESETS) == {"tiny", "small", "nvila-8b", "nvila-lite-8b"}
+    assert set(PRESETS) == {"tiny", "small", "gpu-check", "nvila-8b", "nvila-lite-8b"}
     for name in ("tiny", "small"):
         model = NVILAForConditionalGeneration(build_config(name))
         assert sum(p.numel() for p in model.parameters()) < (5e6 if name == "tiny" else 2e7)
@@ -132,6 +139,16 @@ def test_paper_presets_on_meta_device(name, projector_params):
     assert config.projector_in_channels == 3 * 1152
     # an 800x2000 image: the 2x5 grid of 448 tiles gives 10 * tokens_per_tile tokens
     assert config.tokens_per_tile * 10 == (2560 if name == "nvila-8b" else 1210)
+
+
+def test_gpu_check_preset_is_hundreds_of_millions_with_fp8_and_awq_sizes():
+    config = build_config("gpu-check")
+    with torch.device("meta"):
+        model = NVILAForConditionalGeneration(config)
+    assert 3e8 < sum(p.numel() for p in model.parameters()) < 4e8
+    linears = [m for n, m in model.language_model.model.layers.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.in_features % 128 == 0 and m.out_features % 64 == 0 for m in linears)
+    assert config.tokens_per_tile == 49
 
 
 def test_config_validation_errors():

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_plan_follows_the_dependency_graph_of_dvc_yaml() -> None:
     order, needs = stage_graph(REPO)
     declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    # declared in a valid order; `foreach` families over collections that params.yaml leaves empty add no stage
+    # Declared in a valid order; `foreach` families expand to one stage per params entry (none by default).
     assert order == [name for name, stage in declared.items() if "foreach" not in stage]
     assert needs["image_sft"] == {"validate", "token_pretrain", "prune"} and needs["generate"] == set()
     assert plan(REPO, ["validate", "generate"]) == ["generate", "validate"]
@@ -32,7 +32,7 @@ def test_every_stage_runs_an_nvila_command_on_params_the_library_knows() -> None
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     known = set(library_keys())
     for name, stage in stages.items():
-        stage = stage.get("do", stage)  # a `foreach` family: its stage template
+        stage = stage.get("do", stage)  # a `foreach` family defines its stages under `do`
         assert stage["cmd"].startswith("nvila "), name
         assert set(stage.get("params", [])) <= known, name
         paths = [p for p in (*stage.get("deps", []), *stage.get("outs", [])) if isinstance(p, str) and "/" in p]

@@ -66,3 +66,27 @@ def test_relogged_param_with_new_value_goes_to_runtime(store: str) -> None:
     tracker.log_params({"score.small_checkpoint": "runs/scorers/small"})  # resolved at run time
     params = tracker.client.get_run(tracker.run_id).data.params
     assert params == {"score.small_checkpoint": "None", "score.small_checkpoint.runtime": "runs/scorers/small"}
+
+
+def test_registered_pyfunc_answers_prompts_with_and_without_an_image(store: str, tmp_path: Path, tiny_model,
+                                                                      processor) -> None:
+    import mlflow.pyfunc
+    import pandas as pd
+    from PIL import Image
+
+    from tasks.registry import log_and_register
+    from tasks.tracking import start_run
+
+    checkpoint = tmp_path / "model"
+    tiny_model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "red.png")
+    tracker = start_run("exp", "register")
+    version = log_and_register(tracker, checkpoint, "nvila-test", "acc_mean", 0.5)
+    model = mlflow.pyfunc.load_model(f"models:/nvila-test/{version}")
+    assert model.metadata.get_input_schema().input_names() == ["prompt", "image"]
+    rows = pd.DataFrame({"prompt": ["what colour?", "hello"], "image": [str(tmp_path / "red.png"), None]})
+    answers = model.predict(rows)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    with pytest.raises(Exception, match="prompt"):
+        model.predict(pd.DataFrame({"question": ["no prompt column"]}))

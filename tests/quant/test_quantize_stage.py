@@ -12,15 +12,16 @@ from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from nvila_model.checkpoint import load_checkpoint
 from nvila_model.quant import awq_adapter
 from nvila_model.quant.calib import calibration_samples
 from nvila_model.quant.config import LLMW4A16Config, QuantizeConfig, VisionW8A8Config
-from nvila_model.quant.infer import generate_ids, prepare_prompt, run_infer
-from nvila_model.quant.loading import load_quantized, load_variant
-from nvila_model.quant.quantize import load_checkpoint, quantize_model, run_quantize
+from nvila_model.quant.infer import generate_ids, load_variant, prepare_prompt, run_infer
+from nvila_model.quant.loading import load_quantized
+from nvila_model.quant.quantize import quantize_model, run_quantize
 
 VISION_TARGETS = ["q_proj", "k_proj", "v_proj", "fc1"]  # out_proj and fc2 stay fp32 here, to check they are untouched
-CFG = QuantizeConfig(num_threads=1, vision=VisionW8A8Config(num_calib_samples=8, targets=VISION_TARGETS),
+CFG = QuantizeConfig(num_threads=1, device="cpu", vision=VisionW8A8Config(num_calib_samples=8, targets=VISION_TARGETS),
                      llm=LLMW4A16Config(group_size=32, num_calib_samples=8, calib_seq_len=128))
 
 
@@ -31,7 +32,7 @@ def quantized_dir(tiny_checkpoint: Path, tiny_data: Path, tmp_path_factory: pyte
 
 @pytest.fixture(scope="module")
 def eval_samples(tiny_checkpoint: Path, tiny_data: Path) -> list[dict[str, torch.Tensor]]:
-    _, processor = load_checkpoint(tiny_checkpoint)
+    _, processor = load_checkpoint(tiny_checkpoint, "cpu")
     return calibration_samples(tiny_data, None, processor, 8, seed=1, need_media=True)
 
 
@@ -52,8 +53,8 @@ def test_meta_records_what_and_how_and_sizes(quantized_dir: Path) -> None:
 
 
 def test_each_linear_replaced_as_configured_others_untouched(quantized_dir: Path, tiny_checkpoint: Path) -> None:
-    original, _ = load_checkpoint(tiny_checkpoint)
-    quantized = load_quantized(quantized_dir)
+    original, _ = load_checkpoint(tiny_checkpoint, "cpu")
+    quantized = load_checkpoint(quantized_dir, "cpu")[0]
     for name, module in original.named_modules():
         if not isinstance(module, nn.Linear):
             continue
@@ -74,8 +75,8 @@ def test_quantized_logits_within_tolerance(quantized_dir: Path, tiny_checkpoint:
     Tolerances from measurement on this preset: W8A8+W4A16 relative error ~0.09, top-1 agreement 0.83-0.94 (random
     weights give near-flat logits, so argmax ties flip easily); W8A8 vision alone ~0.025 and >= 0.95.
     """
-    original, _ = load_checkpoint(tiny_checkpoint)
-    quantized = load_quantized(quantized_dir)
+    original, _ = load_checkpoint(tiny_checkpoint, "cpu")
+    quantized = load_checkpoint(quantized_dir, "cpu")[0]
     for sample in eval_samples:
         ref, out = logits(original, sample), logits(quantized, sample)
         assert 0 < float((out - ref).norm() / ref.norm()) < 0.15
@@ -83,8 +84,8 @@ def test_quantized_logits_within_tolerance(quantized_dir: Path, tiny_checkpoint:
 
 
 def test_vision_only_w8a8_logits_within_tolerance(tiny_checkpoint: Path, tiny_data: Path, eval_samples: list) -> None:
-    original, processor = load_checkpoint(tiny_checkpoint)
-    model, _ = load_checkpoint(tiny_checkpoint)
+    original, processor = load_checkpoint(tiny_checkpoint, "cpu")
+    model, _ = load_checkpoint(tiny_checkpoint, "cpu")
     quantize_model(model, processor, dataclasses.replace(CFG, llm=LLMW4A16Config(enabled=False)), tiny_data)
     for sample in eval_samples:
         ref, out = logits(original, sample), logits(model, sample)
@@ -94,10 +95,10 @@ def test_vision_only_w8a8_logits_within_tolerance(tiny_checkpoint: Path, tiny_da
 
 def test_save_load_reproduces_outputs(quantized_dir: Path, tiny_checkpoint: Path, tiny_data: Path,
                                       eval_samples: list) -> None:
-    in_memory, processor = load_checkpoint(tiny_checkpoint)
+    in_memory, processor = load_checkpoint(tiny_checkpoint, "cpu")
     torch.manual_seed(CFG.seed)
     quantize_model(in_memory, processor, CFG, tiny_data)
-    loaded = load_quantized(quantized_dir)
+    loaded = load_checkpoint(quantized_dir, "cpu")[0]
     for sample in eval_samples[:3]:
         assert torch.equal(logits(in_memory, sample), logits(loaded, sample))
     assert torch.equal(generate_ids(in_memory, eval_samples[0], 6), generate_ids(loaded, eval_samples[0], 6))
@@ -122,14 +123,44 @@ def test_infer_runs_every_variant(quantized_dir: Path, tiny_checkpoint: Path, ti
     image, video = tiny_data.parent / "img0.png", tiny_data.parent / "vid0.mp4"
     for variant, path in (("fp32", tiny_checkpoint), ("bf16", tiny_checkpoint), ("quantized", quantized_dir)):
         assert isinstance(run_infer(path, "What colour is the square?", variant, image=image, max_new_tokens=4,
-                                    num_threads=1), str)
-    model, processor = load_variant(tiny_checkpoint, "bf16")
+                                    num_threads=1, device="cpu"), str)
+    model, processor = load_variant(tiny_checkpoint, "bf16", "cpu")
     assert model.language_model.lm_head.weight.dtype == torch.bfloat16
     assert generate_ids(model, prepare_prompt(processor, "What happens?", video=video), 3).shape[0] <= 3
     with pytest.raises(ValueError, match="not both"):
         prepare_prompt(processor, "x", image=image, video=video)
+    for name, data in (("broken.png", b"\x89PNG\r\n\x1a\n garbage"), ("broken.mp4", b"\x00\x00\x00\x18ftypmp42 x")):
+        (tiny_data.parent / name).write_bytes(data)
+        media = {"image" if name.endswith("png") else "video": tiny_data.parent / name}
+        with pytest.raises(ValueError, match=rf"{name}: cannot decode it"):
+            prepare_prompt(processor, "x", **media)
     with pytest.raises(ValueError, match="variant 'int3' unknown"):
         load_variant(tiny_checkpoint, "int3")
+    with pytest.raises(ValueError, match="variant quantized needs a quantized directory"):
+        load_variant(tiny_checkpoint, "quantized")
+
+
+def test_infer_picks_the_quantized_variant_of_a_quantized_directory(quantized_dir: Path, tiny_checkpoint: Path,
+                                                                    tiny_data: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    model, _ = load_variant(quantized_dir)  # auto
+    assert any(isinstance(m, DynamicQuantizedLinear) for m in model.vision_tower.modules())
+    assert not any(isinstance(m, DynamicQuantizedLinear) for m in load_variant(tiny_checkpoint)[0].modules())
+    with pytest.raises(ValueError, match=rf"holds no fp32 weights; infer from it with --variant quantized .*"
+                                         rf"--checkpoint {tiny_checkpoint}"):
+        load_variant(quantized_dir, "fp32")
+    image = tiny_data.parent / "img0.png"
+    result = CliRunner().invoke(app, ["infer", "--checkpoint", str(quantized_dir), "--prompt", "What colour?",
+                                      "--image", str(image), "--max-new-tokens", "2", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    from nvila_model.finetune.config import FinetuneConfig
+    from nvila_model.finetune.run import run_finetune
+
+    with pytest.raises(ValueError, match="already quantized .* no full-precision weights to fine-tune"):
+        run_finetune(FinetuneConfig(), quantized_dir, tiny_data, quantized_dir.parent / "finetuned")
 
 
 def test_cli_quantize_reads_params(tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path) -> None:
@@ -145,3 +176,17 @@ def test_cli_quantize_reads_params(tiny_checkpoint: Path, tiny_data: Path, tmp_p
     meta = json.loads((tmp_path / "q" / "meta.json").read_text())
     assert meta["vision"]["alpha"] == 0.6 and meta["llm"] is None
     assert "encoder.layers.0.self_attn.q_proj" in meta["vision"]["quantized_layers"]
+
+
+def test_awq_model_on_the_cpu_of_a_cuda_host_uses_the_cpu_kernels(quantized_dir: Path, eval_samples: list,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """autoawq picks Triton whenever it imports and a GPU is visible; a model placed on the CPU must not take it."""
+    import awq.modules.linear.gemm as awq_gemm
+
+    reference = logits(load_checkpoint(quantized_dir, "cpu")[0], eval_samples[0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(awq_gemm, "TRITON_AVAILABLE", True)  # as on a GPU host after a CUDA load
+    model, _ = load_checkpoint(quantized_dir, "cpu")
+    assert not awq_gemm.TRITON_AVAILABLE and awq_gemm.awq_ext is None
+    assert torch.equal(logits(model, eval_samples[0]), reference)
+    assert json.loads((quantized_dir / "meta.json").read_text())["device"] == "cpu"

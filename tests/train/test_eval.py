@@ -5,6 +5,7 @@ import json
 import pytest
 
 from nvila_model.evaluate import EvalConfig, exact_match, normalise, run_eval, score_predictions
+from tests.train.conftest import stage_params
 
 
 def test_normalise_and_exact_match():
@@ -26,16 +27,16 @@ def test_score_known_predictions():
 
 
 def test_eval_run_writes_flat_metrics_and_predictions(project, corpus_dir):
-    from nvila_model.data.registry import DatasetsConfig
-    from nvila_model.params import load_config
-    from nvila_model.train.config import ModelParams, StageConfig
+    from nvila_model.params import load_params
+    from nvila_model.train.config import StageConfig
     from nvila_model.train.stage import run_stage
 
-    out = run_stage("projector_init", load_config("projector_init", StageConfig), load_config("model", ModelParams),
-                    load_config("datasets", DatasetsConfig))
-    cfg = EvalConfig(checkpoint=str(out), out_dir="runs/eval", limit_per_subset=2, efficiency_samples=1,
-                     decode_tokens=4, subsets_file=str(corpus_dir / "data/raw/synth/subsets.json"))
-    metrics = run_eval(cfg)
+    configs = load_params("params.yaml", keys=["model", "datasets"])
+    data = corpus_dir / "data/raw/synth"
+    out = run_stage("projector_init", StageConfig(**stage_params("projector_init", max_steps=2)), configs["model"],
+                    configs["datasets"], data=data, out="runs/projector_init", tokenizer=corpus_dir / "runs/tokenizer")
+    cfg = EvalConfig(limit_per_subset=2, efficiency_samples=1, decode_tokens=4)
+    metrics = run_eval(cfg, configs["datasets"], data=data, checkpoint=out, out="runs/eval")
     saved = json.loads((out.parent / "eval/metrics.json").read_text())
     assert all(isinstance(v, int | float) for v in saved.values())
     assert saved["num_samples"] == 18 and 0 <= saved["acc_mean"] <= 1 and saved["chance_text"] == pytest.approx(0.125)

@@ -19,7 +19,7 @@ from nvila_model.params import load_params
 from nvila_model.train.config import MODULES, StageConfig
 from nvila_model.train.hf_trainer import NonFiniteLossError, module_param_groups
 from nvila_model.train.precision import is_fp8_target
-from nvila_model.train.stage import build_model, run_stage
+from nvila_model.train.stage import build_model, make_collator, run_stage
 from tests.train.conftest import stage_params
 
 
@@ -53,6 +53,7 @@ def test_first_stage_trains_only_the_projector_and_chains(project, corpus_dir):
         assert same != name.startswith("projector."), name
     meta = json.loads((out / "meta.json").read_text())
     assert meta["precision"] == "fp32" and (out / "manifest.json").is_file()
+    assert meta["batch_layout"] == "packed rows of <= 512 tokens, block-diagonal mask from position_ids"
     history = json.loads((out / "log_history.json").read_text())
     assert [row["step"] for row in history] == [2, 4] and all("loss" in row for row in history)
     assert not (project / ".nvila" / "work" / "projector_init").exists() or not any(
@@ -93,6 +94,34 @@ def test_fp8_emulation_converts_exactly_the_llm_linears_and_trains(project, corp
     layers = model.config.text_config.num_hidden_layers
     assert len(targets) == 7 * layers and not any("vision" in n or "projector" in n or "lm_head" in n for n in targets)
     assert meta["fp8_layers"] == 7 * layers
+
+
+def test_fp8_scaled_mm_meets_the_multiple_of_16_rule_on_any_token_count(project, corpus_dir, monkeypatch):
+    """The real float8 matmul (`fp8_emulate: false`): cuBLAS's `torch._scaled_mm` needs the inner dimension and both
+    dimensions of the second operand to be multiples of 16; the CPU kernel does not check, so this test does, on
+    every call, with micro-batches whose token count (the weight gradient's inner dimension) is not."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    shapes, token_counts = [], []
+    real_mm, real_forward = torch._scaled_mm, Float8Linear.forward
+
+    def scaled_mm(a, b, *args, **kwargs):
+        shapes.append((tuple(a.shape), tuple(b.shape)))
+        return real_mm(a, b, *args, **kwargs)
+
+    def forward(self, x):
+        token_counts.append(x.shape[:-1].numel())
+        return real_forward(self, x)
+
+    monkeypatch.setattr(torch, "_scaled_mm", scaled_mm)
+    monkeypatch.setattr(Float8Linear, "forward", forward)
+    out = _run("token_pretrain", corpus_dir, "runs/token_pretrain", precision="fp8", fp8_emulate=False, max_steps=2,
+               batch_size=3)
+    assert json.loads((out / "meta.json").read_text())["precision"] == "fp8-cpu-scaled-mm"
+    assert any(n % 16 for n in token_counts), token_counts  # else this test would prove nothing
+    assert len(shapes) == 3 * len(token_counts)  # output, grad_input and grad_weight of every float8 Linear call
+    broken = [(a, b) for a, b in shapes if a[1] % 16 or b[0] % 16 or b[1] % 16]
+    assert not broken, broken[:3]
 
 
 def _with_poison(monkeypatch, at_step: int) -> None:
@@ -175,6 +204,14 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted(project, corpus_dir
         assert torch.equal(ws[name], wk[name]), name
 
 
+def test_flash_attention_packs_one_row_per_micro_batch():
+    cfg = StageConfig(train_modules=["projector"], lr={"projector": 1e-3}, datasets=["d"], pack_tokens=64)
+    flash, layout = make_collator(cfg, 0, "flash_attention_2")
+    assert flash.max_tokens is None and flash.flash_attn_kwargs and "varlen" in layout
+    sdpa, layout = make_collator(cfg, 0, "sdpa")
+    assert sdpa.max_tokens == 64 and not sdpa.flash_attn_kwargs and "<= 64 tokens" in layout
+
+
 def test_module_names_are_the_model_children(project, corpus_dir):
     cfg, model_params, _ = _load("projector_init")
     model, _ = build_model(cfg, model_params, tokenizer_dir=corpus_dir / "runs/tokenizer")
@@ -213,3 +250,35 @@ def test_a_rerun_of_the_tokenizer_for_another_architecture_writes_the_same_bytes
     files = [{p.name: p.read_bytes() for p in out.iterdir()} for out in outs]
     assert files[0].keys() == files[1].keys() and "manifest.json" in files[0]
     assert [name for name in files[0] if files[0][name] != files[1][name]] == []
+
+
+def test_a_checkpoint_written_partly_is_not_resumed(tmp_path):
+    from nvila_model.train.stage import resume_point
+
+    ckpts = tmp_path / "work" / "checkpoints"
+    for step, files in ((2, ("trainer_state.json", "optimizer.pt", "scheduler.pt", "model.safetensors")),
+                        (4, ("model.safetensors",))):  # killed while saving step 4
+        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        for name in files:
+            (ckpts / f"checkpoint-{step}" / name).write_text("x")
+    assert resume_point(tmp_path / "work", resume=True) == str(ckpts / "checkpoint-2")
+    assert not (ckpts / "checkpoint-4").exists()
+    (ckpts / "checkpoint-2" / "optimizer.pt").unlink()
+    assert resume_point(tmp_path / "work", resume=True) is None and not any(ckpts.iterdir())
+
+
+def test_a_deepspeed_checkpoint_is_resumed_once_written_whole(tmp_path):
+    """DeepSpeed saves the model, optimizer and scheduler states under the folder its `latest` file names (no
+    optimizer.pt, and no weights file under ZeRO-3); such a checkpoint resumes, one without that folder does not."""
+    from nvila_model.train.stage import resume_point
+
+    ckpts = tmp_path / "work" / "checkpoints"
+    for step, tag_written in ((2, True), (4, False)):  # killed while DeepSpeed saved step 4
+        ckpt = ckpts / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer_state.json").write_text("{}")
+        (ckpt / "latest").write_text(f"global_step{step}")
+        if tag_written:
+            (ckpt / f"global_step{step}").mkdir()
+    assert resume_point(tmp_path / "work", resume=True) == str(ckpts / "checkpoint-2")
+    assert not (ckpts / "checkpoint-4").exists()
