@@ -136,7 +136,7 @@ def test_infer_runs_every_variant(quantized_dir: Path, tiny_checkpoint: Path, ti
             prepare_prompt(processor, "x", **media)
     with pytest.raises(ValueError, match="variant 'int3' unknown"):
         load_variant(tiny_checkpoint, "int3")
-    with pytest.raises(ValueError, match="variant quantized needs a quantized directory"):
+    with pytest.raises(ValueError, match="variant quantized needs a `nvila quantize` directory"):
         load_variant(tiny_checkpoint, "quantized")
 
 

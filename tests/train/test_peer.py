@@ -59,8 +59,9 @@ def test_frames_are_images_and_every_patch_is_a_token(peer):
 
 
 def test_peer_trains_with_the_stock_trainer_and_evaluates(project, corpus_dir):
+    from nvila_model.checkpoint import load_checkpoint
     from nvila_model.data.registry import DatasetsConfig
-    from nvila_model.evaluate import load_model, run_eval
+    from nvila_model.evaluate import run_eval
     from nvila_model.peer.train import run_peer_train
     from nvila_model.train.config import EvalConfig
     from tests.train.conftest import DATASETS
@@ -73,7 +74,7 @@ def test_peer_trains_with_the_stock_trainer_and_evaluates(project, corpus_dir):
     assert meta["trainer"] == "transformers.Trainer" and meta["model_class"] == "LlavaForConditionalGeneration"
     assert meta["global_steps"] == 3 and meta["train_seconds"] > 0 and meta["num_train_records"] > 100
     assert [row["step"] for row in json.loads((out / "log_history.json").read_text())] == [1, 2, 3]
-    model, processor = load_model(out)
+    model, processor = load_checkpoint(out, "cpu")
     assert type(processor) is PeerProcessor and not model.training
     metrics = run_eval(EvalConfig(limit_per_subset=1, efficiency_samples=1, decode_tokens=2),
                        DatasetsConfig(**DATASETS), data=data, checkpoint=out, out=project / "runs/peers/llava/eval")

@@ -1,0 +1,120 @@
+"""Model FLOPs utilisation of a training step on this CPU: the FLOPs of one optimizer step (forward + backward,
+counted by torch's FlopCounterMode on the real batch) over its measured time, against this machine's measured peak
+(a large fp32 and bf16 matmul on the same threads). Also whether bf16 autocast and torch.compile pay here.
+
+    python bench/mfu.py [--preset small] [--steps 12] [--batch-size 16] [--threads 2] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import make_corpus, print_table, write_results  # noqa: E402
+
+IMAGE_SUBSETS = ["attributes", "counting", "spatial", "text", "chart"]
+
+
+def matmul_peak(dtype, size: int = 2048, repeats: int = 8) -> float:
+    """FLOP/s of a square matmul of `size` in `dtype` (best of `repeats`): this machine's practical peak."""
+    import torch
+
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def step_flops(model, batch) -> int:
+    """FLOPs of one forward + backward on `batch` (matmuls, convolutions, attention: what FlopCounterMode counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def measure(model, batches, optimizer, autocast: bool) -> float:
+    """Seconds per optimizer step over `batches` after one warm-up step (two for a compiled model's first calls)."""
+    import torch
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for batch in batches[:2]:
+        step(batch)
+    start = time.perf_counter()
+    for batch in batches[2:]:
+        step(batch)
+    return (time.perf_counter() - start) / (len(batches) - 2)
+
+
+def main() -> None:
+    import torch
+
+    from nvila_model.data.collate import PaddingCollator
+    from nvila_model.data.loader import LlavaDataset
+    from nvila_model.data.manifest import read_manifest
+    from nvila_model.modeling import NVILAForConditionalGeneration
+    from nvila_model.presets import build_config
+    from nvila_model.processor import NVILAProcessor
+    from nvila_model.tokenizer import load_tokenizer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also time the model under torch.compile")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data, tok = make_corpus(Path(tmp), scale=0.3)
+        config = build_config(args.preset)
+        processor = NVILAProcessor(load_tokenizer(tok), config)
+        records = [r for r in read_manifest(data / "train.jsonl") if r["subset"] in IMAGE_SUBSETS]
+        dataset = LlavaDataset(records, data, processor)
+        collate = PaddingCollator(processor.pad_id)
+        batches = [collate([dataset[(i * args.batch_size + j) % len(dataset)] for j in range(args.batch_size)])
+                   for i in range(args.steps + 2)]
+        modes = [("fp32", False, False), ("bf16 autocast", True, False)]
+        modes += [("fp32 + torch.compile", False, True)] if args.compile else []
+        for name, autocast, compiled in modes:
+            torch.manual_seed(0)
+            model = NVILAForConditionalGeneration(config).train()
+            flops = step_flops(model, batches[0])
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            runner = torch.compile(model) if compiled else model
+            seconds = measure(runner, batches, optimizer, autocast)
+            peak = peaks["bf16" if autocast else "fp32"]
+            rows.append({"mode": name, "step_s": seconds, "gflop_per_step": flops / 1e9,
+                         "achieved_gflops": flops / seconds / 1e9, "peak_gflops": peak / 1e9,
+                         "mfu": flops / seconds / peak, "params_m": sum(p.numel() for p in model.parameters()) / 1e6})
+    base = rows[0]["step_s"]
+    rows = [r | {"speedup_vs_fp32": base / r["step_s"]} for r in rows]
+    print_table(rows, ["mode", "step_s", "speedup_vs_fp32", "gflop_per_step", "achieved_gflops", "peak_gflops",
+                       "mfu", "params_m"])
+    write_results(f"mfu_{args.preset}", {"preset": args.preset, "batch_size": args.batch_size,
+                                          "threads": args.threads, "peak_gflops": {k: v / 1e9 for k, v in
+                                                                                   peaks.items()}, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
