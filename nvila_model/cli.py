@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 
 # (logger, message pattern): messages that are known, understood, and not the user's to act on.
 NOISE = (
@@ -21,6 +22,19 @@ NOISE = (
     ("DeepSpeed", r"^Setting accelerator to CPU"),
     # great-expectations names a temporary docs folder it never fills: validation builds its data docs in its output
     ("great_expectations.data_context.types.base", r"for ephemeral docs site$"),
+)
+
+# (message pattern, category): Python warnings of the same kind; a pattern matches the start of the message.
+NOISY_WARNINGS = (
+    # AutoAWQ's farewell notice at import (it moved to llm-compressor); its CPU kernels are what the W4A16 path uses
+    (r"\s*I have left this message as the final dev message", DeprecationWarning),
+    # AutoAWQ's GEMM kernels are a CUDA extension; on CPU its own PyTorch implementation runs, as meta.json records
+    (r"Using naive \(slow\) implementation", UserWarning),
+    # the W8A8 vision tower's CPU backend is torch's quantized tensors, which torch plans to retire
+    (r"torch\.quantize_per_tensor, torch\.quantize_per_channel", UserWarning),
+    # the registered pyfunc carries an explicit input signature (tasks/registry.py) instead of type hints or an example
+    (r"(\x1b\[[0-9;]*m)?Add type hints to the `predict` method", UserWarning),
+    (r"(\x1b\[[0-9;]*m)?An input example was not provided", UserWarning),
 )
 
 
@@ -48,5 +62,9 @@ def configure_console() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropMessages) and f.pattern.pattern == pattern for f in logger.filters):
             logger.addFilter(DropMessages(pattern))
+    for message, category in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     if not progress_bars():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers read it at import
+        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm's default for bars a library draws itself (AutoAWQ's)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # model registration's download bar

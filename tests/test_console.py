@@ -63,7 +63,8 @@ def test_progress_bars_only_on_a_terminal(clean_filters, monkeypatch: pytest.Mon
         def isatty(self) -> bool:
             return True
 
-    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("sys.stderr", Tty())
     assert console.progress_bars()
     console.configure_console()
@@ -71,7 +72,39 @@ def test_progress_bars_only_on_a_terminal(clean_filters, monkeypatch: pytest.Mon
     monkeypatch.setattr("sys.stderr", io.StringIO())
     assert not console.progress_bars()
     console.configure_console()
-    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and os.environ["TQDM_DISABLE"] == "1"
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+
+
+
+def test_a_library_tqdm_bar_is_silent_without_a_terminal() -> None:
+    """tqdm reads TQDM_* defaults when it is imported, so the entry point sets them before any library loads it."""
+    import subprocess
+    import sys
+
+    code = ("import flows.cli, sys; assert 'tqdm' not in sys.modules; flows.cli.configure_console(); "
+            "from tqdm import tqdm; print(tqdm(range(3)).disable)")
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_known_library_warnings_are_silenced_and_others_kept(clean_filters) -> None:
+    import warnings
+
+    noisy = [("\nI have left this message as the final dev message to help you transition.", DeprecationWarning),
+             ("Using naive (slow) implementation.No module named 'awq_ext'", UserWarning),
+             ("torch.quantize_per_tensor, torch.quantize_per_channel and other quantized tensor creation functions",
+              UserWarning),
+             ("\x1b[33mAdd type hints to the `predict` method to enable data validation\x1b[0m", UserWarning),
+             ("\x1b[31mAn input example was not provided when logging the model.", UserWarning)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        console.configure_console()
+        for message, category in noisy:
+            warnings.warn(message, category, stacklevel=1)
+        warnings.warn("Using a real deprecated argument", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["Using a real deprecated argument"]
 
 
 def test_progress_line() -> None:
