@@ -32,6 +32,8 @@ NOISY_WARNINGS = (
     (r"Using naive \(slow\) implementation", UserWarning),
     # the W8A8 vision tower's CPU backend is torch's quantized tensors, which torch plans to retire
     (r"torch\.quantize_per_tensor, torch\.quantize_per_channel", UserWarning),
+    # peft reads transformers' deprecated `is_gradient_checkpointing` property whenever it wraps a model (LoRA)
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
     # the registered pyfunc carries an explicit input signature (tasks/registry.py) instead of type hints or an example
     (r"(\x1b\[[0-9;]*m)?Add type hints to the `predict` method", UserWarning),
     (r"(\x1b\[[0-9;]*m)?An input example was not provided", UserWarning),

@@ -97,6 +97,7 @@ def test_known_library_warnings_are_silenced_and_others_kept(clean_filters) -> N
              ("torch.quantize_per_tensor, torch.quantize_per_channel and other quantized tensor creation functions",
               UserWarning),
              ("\x1b[33mAdd type hints to the `predict` method to enable data validation\x1b[0m", UserWarning),
+             ("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning),
              ("\x1b[31mAn input example was not provided when logging the model.", UserWarning)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
