@@ -1,4 +1,8 @@
-"""End to end on the synthetic corpus: bootstrap proxies, score, prune; injected label noise goes first."""
+"""End to end on the synthetic corpus: cross-fitted bootstrap proxies, score, prune; injected label noise goes first.
+
+Cross-fitting (`folds: 2`) matters here: a large proxy that trained on the very records it scores learns part of
+their wrong labels, and at keep 0.5 DeltaLoss then removed 0.48 of the noise against random's 0.40 (folds 1);
+scored by proxies that never saw them, 0.56."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ def test_label_noise_is_pruned_before_clean_records(tmp_path):
         str(tmp_path / "tok"))
     cfg = ScoreConfig(ray=RayConfig(num_actors=0),
                       bootstrap=BootstrapConfig(small_preset="tiny", large_preset="tiny", share=1.0, small_steps=10,
-                                                large_steps=100))
+                                                large_steps=100, folds=2))
     scores = run_score(cfg, data=data, out=tmp_path / "scores", scorers=tmp_path / "scorers",
                        tokenizer=tmp_path / "tok")
     removed, random_removed = (json.loads((run_prune(
