@@ -122,8 +122,3 @@ def _shrink_params(path: Path, extra: dict) -> None:
 
     path.write_text(yaml.safe_dump(_deep_merge(yaml.safe_load(path.read_text()), extra), sort_keys=False))
 
-
-@pytest.fixture()
-def shrink_params():
-    """`shrink_params(path, extra)`: deep-merge `extra` into the params file at `path` (smaller corpus, steps)."""
-    return _shrink_params

@@ -1,6 +1,9 @@
 """`dvc repro` in a fresh clone: the cheap head of the pipeline runs, a second repro is a no-op, and
 `dvc exp run -S <param>` re-runs only the stage that reads it (its upstream is skipped).
 
+The whole chain under plain DVC (a keep-ratio experiment restoring pre-training and training the SFT stages on its
+subset) is what `test_pipeline_e2e.py` asserts of the flow's runs, which are `dvc repro` of one stage at a time.
+
 The clone holds the committed files plus the uncommitted working tree (what the next commit will hold).
 """
 
@@ -54,39 +57,3 @@ def test_dvc_repro_in_fresh_clone(tmp_path: Path) -> None:
     _sh(["dvc", "push", TARGET], clone, env)  # the default remote is local: push works offline
     assert any((clone / ".dvc_remote").rglob("*")), "nothing pushed to the local remote"
 
-
-PRETRAINING = ("score", "projector_init", "vision_pretrain", "token_pretrain")
-
-
-def test_dvc_exp_run_trains_one_sweep_point(tmp_path: Path, shrink_params) -> None:
-    """`dvc repro eval` end to end (shrunk), then `dvc exp run -S prune.keep_ratio=0.5` re-runs the prune point,
-    the SFT stages and eval only, and the SFT stages read the keep-0.5 subset."""
-    import json
-
-
-    clone = _clone(tmp_path / "clone")
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(clone),
-           "NVILA_PROJECT_DIR": str(clone), "DVC_NO_ANALYTICS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache"),
-           "XDG_CONFIG_HOME": str(tmp_path / "config"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "2"}
-    from tests.orchestration.conftest import SHRINK
-
-    params = clone / "params.yaml"
-    shrink_params(params, SHRINK)
-    _sh(["git", "add", "-A"], clone, env)
-    _sh(["git", "commit", "-qm", "shrink the pipeline for the test"], clone, env)
-
-    first = _sh(["dvc", "repro", "eval"], clone, env)
-    for stage in (*PRETRAINING, "prune", "image_sft", "video_sft", "eval"):
-        assert f"Running stage '{stage}'" in first, stage
-    assert json.loads((clone / "runs/eval/metrics.json").read_text())["acc_mean"] >= 0.0
-
-    point = _sh(["dvc", "exp", "run", "-S", "prune.keep_ratio=0.5", "eval"], clone, env)
-    for stage in ("prune", "image_sft", "video_sft", "eval"):
-        assert f"Running stage '{stage}'" in point, f"{stage} should re-run:\n{point}"
-    for stage in PRETRAINING:
-        assert f"Running stage '{stage}'" not in point, f"{stage} should be skipped:\n{point}"
-    meta = json.loads((clone / "runs/image_sft/meta.json").read_text())
-    assert meta["inputs"]["pruned"]["path"] == "data/pruned/train.jsonl"
-    assert json.loads((clone / "data/pruned/summary.json").read_text())["keep_ratio"] == 0.5
