@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -120,7 +121,11 @@ def prefect_api(root: Path) -> Iterator[str]:
     logs.mkdir(parents=True, exist_ok=True)
     port = free_port()
     os.environ.update(prefect_env(port))
-    proc = start_prefect_server(port, log=logs / "prefect-server.log")
+    # Runs started at once share the project's Prefect database: a server starting while another one migrates it
+    # exits (code 3), so the starts take turns; once up, the servers share the database.
+    with open(logs / "server-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = start_prefect_server(port, log=logs / "prefect-server.log")
     try:
         yield os.environ["PREFECT_API_URL"]
     finally:

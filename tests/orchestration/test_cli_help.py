@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,20 @@ def test_server_errors_reach_the_terminal(tmp_path, capsys) -> None:
         time.sleep(0.2)
     assert err.strip() == (f"prefect server: sqlalchemy.exc.InvalidRequestError ERROR Can't evaluate bulk DML "
                            f"statement  (full log: {log})")
+
+
+def test_two_runs_starting_at_once_both_get_a_prefect_server(tmp_path) -> None:
+    """Two `nvila pipeline run`s started together share the project's Prefect database; the second server used to
+    exit (code 3) while the first one was creating it."""
+    import subprocess
+
+    code = ("import sys, urllib.request; from pathlib import Path; from flows.services import prefect_api\n"
+            "with prefect_api(Path(sys.argv[1])) as url:\n"
+            "    print('up', urllib.request.urlopen(url + '/health').status)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+        "PREFECT_HOME": str(tmp_path / ".prefect"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all("up 200" in out for out in outs)
