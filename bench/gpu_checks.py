@@ -111,7 +111,9 @@ def train_run(ws: Workspace, name: str, cfg: StageConfig, records: list[dict[str
     losses = [h["loss"] for h in history if "loss" in h]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise AssertionError(f"{name}: no finite training loss logged ({losses})")
-    return {"path": meta["precision"], "samples_per_s": statistics.median(rates[1:] or rates),
+    # The stage's history holds the training rows; without per-row rates, the whole run's (warm-up included).
+    whole = meta["global_steps"] * cfg.batch_size * cfg.grad_accum / max(meta["train_seconds"], 1e-9)
+    return {"path": meta["precision"], "samples_per_s": statistics.median(rates[1:] or rates) if rates else whole,
             "first_loss": losses[0], "final_loss": losses[-1], "steps": meta["global_steps"], "meta": meta}
 
 
