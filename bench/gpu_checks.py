@@ -11,7 +11,6 @@ import functools
 import gc
 import json
 import math
-import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -100,20 +99,18 @@ def free_memory() -> None:
 
 
 def train_run(ws: Workspace, name: str, cfg: StageConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Train with the library's `fit`; the throughput skips the first logging interval (warm-up, compilation)."""
+    """Train with the library's `fit`; the throughput is the whole run's, from its meta.json (warm-up included)."""
     from nvila_model.train.stage import fit
 
     free_memory()
     out = fit(name, cfg, lambda: ws.build(cfg), records, {}, ws.root / name, ws.root / "work" / name)
     meta = json.loads((out / "meta.json").read_text())
     history = json.loads((out / "log_history.json").read_text())
-    rates = [h["samples_per_s"] for h in history if "samples_per_s" in h]
     losses = [h["loss"] for h in history if "loss" in h]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise AssertionError(f"{name}: no finite training loss logged ({losses})")
-    # The stage's history holds the training rows; without per-row rates, the whole run's (warm-up included).
-    whole = meta["global_steps"] * cfg.batch_size * cfg.grad_accum / max(meta["train_seconds"], 1e-9)
-    return {"path": meta["precision"], "samples_per_s": statistics.median(rates[1:] or rates) if rates else whole,
+    samples_per_s = meta["global_steps"] * cfg.batch_size * cfg.grad_accum / max(meta["train_seconds"], 1e-9)
+    return {"path": meta["precision"], "samples_per_s": samples_per_s,
             "first_loss": losses[0], "final_loss": losses[-1], "steps": meta["global_steps"], "meta": meta}
 
 
