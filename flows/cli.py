@@ -26,6 +26,7 @@ from nvila_model.quant import cli as quant_cli
 from nvila_model.train import cli as train_cli
 from tasks.dvc_stages import StageFailed
 from tasks.env import configure
+from tasks.warm import SOCKET_ENV, run_client
 
 app = typer.Typer(help="NVILA pipeline: data, DeltaLoss pruning, five-stage training, fine-tuning, deployment.",
                   no_args_is_help=True, pretty_exceptions_enable=False,
@@ -77,7 +78,12 @@ def _error(lines: list[str], code: int) -> None:
 def main() -> None:
     """The `nvila` console script: a bad input (a ValueError naming the file or setting, a missing or unwritable
     path) prints as one line per problem and exits 2; another I/O error exits 75 (transient: the pipeline retries
-    the stage); NVILA_DEBUG=1 shows the traceback instead."""
+    the stage); NVILA_DEBUG=1 shows the traceback instead. Inside a pipeline run the command runs in a child of the
+    run's warm stage server (tasks/warm.py), which has the libraries imported already."""
+    if os.environ.get(SOCKET_ENV):
+        code = run_client(os.environ.pop(SOCKET_ENV))
+        if code is not None:
+            sys.exit(code)
     configure()
     configure_console()
     _setup_stage_run()

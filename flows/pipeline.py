@@ -13,6 +13,7 @@ The stages, their order and what each needs come from `dvc.yaml` (through DVC's 
 
 # No `from __future__ import annotations`: Prefect builds its parameter model from the live annotations.
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from tasks.env import project_dir
 from tasks.report import close_pipeline_run, open_pipeline_run, publish_report, read_metrics, register_model
 from tasks.stage_task import RunContext, run_stage
 from tasks.tracking import dvc_lock_hashes, flatten, run_status, tracking_file
+from tasks.warm import serving
 from tasks.workspace import (
     Workspace,
     apply_experiment,
@@ -154,7 +156,9 @@ def nvila_pipeline(
         status, tags = run_status(False), {}
         liveness.register(project, name, str(flow_run.id), run.parent_run_id)
         try:
-            results = [run_stage(stage, ws, run) for stage in order]
+            with serving(ws.env()) as launch:  # stage commands fork from a process with the libraries imported
+                staged = dataclasses.replace(ws, launch=tuple(launch.items()))
+                results = [run_stage(stage, staged, run) for stage in order]
             exp = save_experiment(ws, order)
             tags = {"dvc.experiment": exp, **dvc_lock_hashes(ws.root)}
             columns = _report(run, ws, order, results, exp, models, best_metric)

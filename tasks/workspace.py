@@ -69,6 +69,7 @@ class Workspace:
     root: Path
     name: str
     default_remote: str | None = None  # where a finished run's outputs are pushed (none: not pushed)
+    launch: tuple[tuple[str, str], ...] = ()  # variables that send the stage commands to a warm server (tasks/warm.py)
 
     @property
     def params(self) -> Path:
@@ -79,7 +80,8 @@ class Workspace:
         checkpoints in the project (so a re-run resumes an interrupted stage), the interpreter's tools on PATH."""
         bin_dir = str(Path(sys.executable).parent)
         return {"PYTHONPATH": str(self.root), "NVILA_WORK_DIR": str(self.project / STATE / "work"),
-                "NVILA_PROJECT_DIR": str(self.project), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+                "NVILA_PROJECT_DIR": str(self.project), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                **dict(self.launch)}
 
 
 def check_writable(project: Path, paths: list[Path]) -> None:
