@@ -29,13 +29,17 @@ def _start(root: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def _wait_for_checkpoint(root: Path, proc: subprocess.Popen, log: Path, timeout: float = 900) -> Path:
-    """Wait until a training stage has written a resumable checkpoint (the stage is mid-way)."""
+    """Wait until token_pretrain (12 steps, a checkpoint every 3) has written its first checkpoint whole: the stage is
+    mid-way and resumable. (Its folder appears when the save starts; an interrupt then leaves it partial.)"""
+    from nvila_model.train.stage import is_complete
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        found = list((root / ".nvila" / "work").glob("*/*/checkpoints/checkpoint-3"))
+        found = [p for p in (root / ".nvila" / "work").glob("token_pretrain/*/checkpoints/checkpoint-3")
+                 if is_complete(p)]
         if found:
             return found[0]
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise AssertionError(f"no checkpoint appeared (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
 
 
