@@ -97,7 +97,8 @@ GOALS: list[tuple[str, str, tuple[str, ...], Callable[[dict[str, Row], list[str]
 
 
 def evaluate_goals(rows: list[Row], video_subsets: list[str]) -> list[dict[str, Any]]:
-    """Each goal: held (True / False), or None when one of its variants did not run, with its numbers."""
+    """Each goal: held (True / False), or None when one of its variants did not run or every model it compares is
+    at or below chance, with its numbers."""
     by_name = {row["variant"]: row for row in rows}
     out = []
     for name, claim, needs, judge in GOALS:
@@ -106,5 +107,10 @@ def evaluate_goals(rows: list[Row], video_subsets: list[str]) -> list[dict[str, 
             out.append({"goal": name, "claim": claim, "held": None, "numbers": f"not measured: {missing} did not run"})
             continue
         held, numbers = judge(by_name, video_subsets)
+        if all(by_name[v]["acc_mean"] <= by_name[v].get("chance_mean", 0.0) for v in needs):
+            # untrained models (e.g. --quick's few steps): no comparison of them says anything about the claim
+            out.append({"goal": name, "claim": claim, "held": None,
+                        "numbers": f"not measured: every model compared is at or below chance; {numbers}"})
+            continue
         out.append({"goal": name, "claim": claim, "held": bool(held), "numbers": numbers})
     return out

@@ -147,6 +147,17 @@ def test_a_goal_whose_variants_did_not_run_is_not_measured() -> None:
     assert "not measured" in goals["deltaloss"]["numbers"] and "random_0.5" in goals["deltaloss"]["numbers"]
 
 
+def test_a_goal_whose_models_are_all_at_or_below_chance_is_not_measured() -> None:
+    from tasks.frontier import frontier_rows
+    from tasks.frontier_goals import evaluate_goals
+
+    points = [p if p["variant"] not in ("nvila", "s2_uncompressed") else _point(p["variant"], 0.0, 100 if p[
+        "variant"] == "nvila" else 250, tokens=p["metrics"]["visual_tokens_per_sample"]) for p in _all_held()]
+    goals = {g["goal"]: g for g in evaluate_goals(frontier_rows(points), ["flashes", "motion"])}
+    assert goals["stc"]["held"] is None and "at or below chance" in goals["stc"]["numbers"]
+    assert goals["peer"]["held"] is False, "NVILA at chance against a trained peer is a finding, not unmeasured"
+
+
 def test_report_files_table_and_plot(tmp_path: Path) -> None:
     from tasks.frontier import markdown_report, write_report
 
