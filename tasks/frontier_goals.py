@@ -107,7 +107,7 @@ def evaluate_goals(rows: list[Row], video_subsets: list[str]) -> list[dict[str, 
             out.append({"goal": name, "claim": claim, "held": None, "numbers": f"not measured: {missing} did not run"})
             continue
         held, numbers = judge(by_name, video_subsets)
-        if all(by_name[v]["acc_mean"] <= by_name[v].get("chance_mean", 0.0) for v in needs):
+        if all(by_name[v]["acc_mean"] <= by_name[v]["chance_mean"] for v in needs):
             # untrained models (e.g. --quick's few steps): no comparison of them says anything about the claim
             out.append({"goal": name, "claim": claim, "held": None,
                         "numbers": f"not measured: every model compared is at or below chance; {numbers}"})
