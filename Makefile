@@ -34,10 +34,10 @@ run: install
 	$(BIN)/nvila pipeline run
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=20
 
 lint: install
 	$(BIN)/ruff check .

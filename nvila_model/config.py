@@ -6,6 +6,8 @@ from typing import Any
 
 from transformers import PretrainedConfig, Qwen2Config, SiglipVisionConfig
 
+IGNORE_INDEX = -100  # the label of a position without a target (transformers' convention)
+
 # Projector name -> spatial-to-channel factor (tokens per tile shrink by factor**2).
 # `mlp_downsample_2x2_fix` is the reference's second name for the same 2x2 block (identical computation); it is kept
 # as its own kind so an imported checkpoint exports under the name it came with.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -17,7 +18,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from nvila_model.config import NVILAConfig
+from nvila_model.config import IGNORE_INDEX, NVILAConfig
 from nvila_model.dynamic_s2 import merge_scales, num_tiles, stitch
 from nvila_model.projector import Projector
 from nvila_model.video import temporal_pool
@@ -199,6 +200,8 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         block-diagonal causal attention (transformers detects the packing from the position ids)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values, media_layout)
+        if labels is not None and self.training:
+            return self.supervised_loss(inputs_embeds, attention_mask, position_ids, labels, **kwargs)
         if use_cache is None and (labels is not None or self.training):
             use_cache = False  # a training forward needs no cache, and packed-sequence masking requires none
         return self.language_model(
@@ -206,6 +209,30 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
             cache=cache, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def supervised_loss(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                        position_ids: torch.LongTensor | None, labels: torch.LongTensor,
+                        num_items_in_batch: torch.Tensor | int | None = None, **kwargs) -> CausalLMOutputWithPast:
+        """The training loss, with the LM head run on the supervised positions only.
+
+        Only the answer tokens carry a target: a few of each sample's hundreds, most of which are visual tokens. The
+        LLM's own loss projects every position onto the vocabulary and throws those logits away, which here costs
+        about a tenth of a training step. Same loss (next-token cross-entropy, mean over targets or sum over
+        `num_items_in_batch` under gradient accumulation) and gradients; `logits` holds the supervised rows
+        [targets, vocab] in fp32. Evaluation mode returns every position's logits as before.
+        """
+        # the decoder and head as transformers names them, also when peft wraps the LLM (LoRA)
+        decoder = self.language_model.get_decoder()
+        hidden_BLD = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=False, **kwargs).last_hidden_state
+        targets_BL = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(hidden_BLD.device)  # t predicts t + 1
+        supervised_BL = targets_BL != IGNORE_INDEX
+        logits_TV = self.get_output_embeddings()(hidden_BLD[supervised_BL]).float()
+        loss = F.cross_entropy(logits_TV, targets_BL[supervised_BL], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else supervised_BL.sum()
+        if torch.is_tensor(count):
+            count = count.to(loss.device)
+        return CausalLMOutputWithPast(loss=loss / count, logits=logits_TV)
 
     def prepare_inputs_for_generation(self, input_ids, is_first_iteration: bool | None = False, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration,

@@ -11,13 +11,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nvila_model.config import NVILAConfig
+from nvila_model.config import IGNORE_INDEX, NVILAConfig
 from nvila_model.media_tokens import image_grid, num_image_tokens, num_video_tokens, tiles_image
 from nvila_model.modeling import KIND_S2_IMAGE, KIND_TILE_IMAGE, KIND_VIDEO
 from nvila_model.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN, check_tokenizer, load_tokenizer
 from nvila_model.video import frame_indices
 
-IGNORE_INDEX = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _MARKER = re.compile(r"\n?(<image>|<video>)\n?")
 

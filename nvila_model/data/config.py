@@ -12,6 +12,8 @@ from pydantic import Field
 
 from ..params import config, parse
 
+SAMPLE_CACHE_MB = 1024  # default memory for processed training samples (the training configs' `sample_cache_mb`)
+
 
 @config
 class SubsetConfig:

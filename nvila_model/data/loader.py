@@ -78,11 +78,16 @@ class LlavaDataset(torch.utils.data.Dataset):
     with its reason and appended to `failures` (in the process that loaded it), so one bad file never stops training.
     With `substitute_failed=True` (training) the next loadable record stands in instead, so batches keep their size.
     Without a processor the raw `{id, conversations, images, video}` dict is returned.
+
+    `cache_mb` keeps processed samples in memory, up to that many MiB of tensors (first come, first kept), so a
+    training run of several epochs decodes, tiles and tokenizes each record once: on the tiny preset that work is
+    about a sixth of a training step. The processing is deterministic, so a cached sample is the one `__getitem__`
+    would build again. Each DataLoader worker process holds its own cache.
     """
 
     def __init__(self, records: list[dict[str, Any]] | str | Path, media_root: str | Path | None = None,
                  processor: Any = None, max_length: int | None = None, num_video_frames: int | None = None,
-                 substitute_failed: bool = False):
+                 substitute_failed: bool = False, cache_mb: float = 0):
         if isinstance(records, str | Path):
             media_root = media_root if media_root is not None else default_media_root(records)
             records = read_manifest(records)
@@ -93,6 +98,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.num_video_frames = num_video_frames
         self.substitute_failed = substitute_failed
         self.failures: list[tuple[str, str]] = []
+        self.cache_room = int(cache_mb * 2**20)  # bytes still free for cached samples
+        self.cache: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -119,6 +126,8 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     def load_sample(self, index: int) -> dict[str, Any] | None:
         """The processed sample of record `index`, or None (logged, added to `failures`) if it cannot be loaded."""
+        if index in self.cache:
+            return self.cache[index]
         rid = str(self.records[index].get("id", index))
         try:
             raw = self.load_raw(index)
@@ -130,6 +139,10 @@ class LlavaDataset(torch.utils.data.Dataset):
         if self.max_length is not None and sample["input_ids"].shape[0] > self.max_length:
             return self._skip(rid, f"too_long: {sample['input_ids'].shape[0]} > {self.max_length} tokens")
         sample["id"] = rid
+        size = sum(v.nbytes for v in sample.values() if isinstance(v, torch.Tensor))
+        if size <= self.cache_room:
+            self.cache[index] = sample
+            self.cache_room -= size
         return sample
 
     def _skip(self, rid: str, reason: str) -> None:

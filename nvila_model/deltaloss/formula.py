@@ -6,7 +6,7 @@ import math
 
 import torch
 
-IGNORE_INDEX = -100
+from nvila_model.config import IGNORE_INDEX
 
 
 def token_logprobs(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from nvila_model.data.config import SAMPLE_CACHE_MB
 from nvila_model.params import config
 
 # `params.yaml:peers`: the peer families dvc.yaml trains and evaluates (stages `peer@NAME`, `eval_peer@NAME`); none by
@@ -39,6 +40,7 @@ class PeerConfig:
     logging_steps: int = Field(default=25, ge=1)
     save_steps: int = Field(default=100, ge=1)
     seed: int = Field(default=0, ge=0)
+    sample_cache_mb: float = Field(default=SAMPLE_CACHE_MB, ge=0)  # processed samples kept in memory across epochs
 
     def __post_init__(self) -> None:
         if self.max_steps == 0:

@@ -60,7 +60,8 @@ def run_peer_train(family: str, cfg: PeerConfig, model_params: ModelParams, data
     tok = load_tokenizer(tokenizer)
     processor = PeerProcessor(NVILAProcessor(tok, peer_inputs_config(model_params, cfg.num_video_frames)))
     model = build_peer(processor.config, tok)
-    dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length, substitute_failed=True)
+    dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length, substitute_failed=True,
+                           cache_mb=cfg.sample_cache_mb)
     callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=PeerCollator(processor),
                       callbacks=[callback])

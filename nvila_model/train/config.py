@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from nvila_model.data.config import SAMPLE_CACHE_MB
 from nvila_model.params import DeviceSetting, config
 
 MODULES = ("vision_tower", "projector", "language_model")
@@ -59,6 +60,7 @@ class StageConfig:
     save_steps: int = Field(default=50, ge=1)
     seed: int = Field(default=0, ge=0)
     num_workers: int = Field(default=0, ge=0)
+    sample_cache_mb: float = Field(default=SAMPLE_CACHE_MB, ge=0)  # processed samples kept in memory across epochs
     resume: bool = True
 
     def __post_init__(self) -> None:

@@ -259,7 +259,8 @@ def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]],
     model.set_attn_implementation(attention)
     trainable = freeze_except(model, cfg.train_modules)
     fp8_layers = convert_fp8(model, precision) if precision.startswith("fp8") else []
-    dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length, substitute_failed=True)
+    dataset = LlavaDataset(records, None, processor, max_length=cfg.max_length, substitute_failed=True,
+                           cache_mb=cfg.sample_cache_mb)
     collator, layout = make_collator(cfg, processor.pad_id, attention)
     callback = StageCallback(tracker, samples_per_step=cfg.batch_size * cfg.grad_accum, name=stage,
                              progress_lines=args.disable_tqdm)

@@ -53,6 +53,26 @@ def test_round_trip_every_record_kind(corpus: Path, processor) -> None:
     assert ds.failures == []
 
 
+def test_processed_samples_are_cached_within_the_budget(corpus: Path, processor, tmp_path: Path) -> None:
+    """A cached record is processed once (its media may even be gone the second time) and comes back identical;
+    a record that would overflow `cache_mb` is not kept; without a cache every access decodes again."""
+    shutil.copytree(corpus, tmp_path / "c")
+    records = [r for r in _one_of_each(tmp_path / "c").values() if record_kind(r) in ("image", "video")]
+    fresh = [LlavaDataset(records, tmp_path / "c", processor)[i] for i in range(2)]
+    first_size = sum(v.nbytes for v in fresh[0].values() if isinstance(v, torch.Tensor))
+    cached = LlavaDataset(records, tmp_path / "c", processor, cache_mb=(first_size + 1) / 2**20)
+    uncached = LlavaDataset(records, tmp_path / "c", processor)
+    for ds in (cached, uncached):
+        assert [ds[i] is not None for i in range(2)] == [True, True]
+    for record in records:
+        for path in media_paths(record, tmp_path / "c"):
+            path.unlink()
+    again = cached[0]
+    assert again is not None and all(torch.equal(again[k], fresh[0][k]) for k in ("input_ids", "pixel_values"))
+    assert cached[1] is None and uncached[0] is None, "not cached: decoded again, and the file is gone"
+    assert list(cached.cache) == [0]
+
+
 def test_video_frames_are_the_uniformly_sampled_ones(corpus: Path) -> None:
     record = _one_of_each(corpus)["video"]
     ds = LlavaDataset([record], corpus, processor=None, num_video_frames=8)

@@ -106,6 +106,39 @@ def test_loss_falls_when_overfitting_one_batch(processor, tiny_model):
     assert losses[-1] < 0.2 * losses[0]
 
 
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_training_loss_on_supervised_positions_equals_the_llms_full_loss(processor, tiny_model, num_items):
+    """In training the LM head runs on the answer positions only; loss and every gradient equal the LLM's own loss
+    over all positions, for packed rows (two samples in a row) and with the Trainer's `num_items_in_batch`."""
+    from nvila_model.data.collate import PackingCollator, model_inputs
+
+    frames = np.random.default_rng(2).integers(0, 255, (8, 20, 30, 3), dtype=np.uint8)
+    video = processor.encode([{"from": "human", "value": "<video>\nWhich way?"}, {"from": "gpt", "value": "left"}],
+                             video=frames)
+    batch = model_inputs(PackingCollator(processor.pad_id, 4096)([_sample(processor), video, _sample(processor)]))
+    extra = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    tiny_model.train()
+
+    def loss_and_grads(full: bool):
+        tiny_model.zero_grad()
+        if full:  # what the LLM computes itself: logits at every position, its causal-LM loss
+            embeds = tiny_model.embed(batch["input_ids"], batch["pixel_values"], batch["media_layout"])
+            out = tiny_model.language_model(inputs_embeds=embeds, position_ids=batch["position_ids"],
+                                            labels=batch["labels"], use_cache=False, **extra)
+        else:
+            out = tiny_model(**batch, **extra)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+
+    (sparse, sparse_grads), (full, full_grads) = loss_and_grads(False), loss_and_grads(True)
+    targets = int((batch["labels"][:, 1:] != -100).sum())
+    assert sparse.logits.shape == (targets, tiny_model.config.text_config.vocab_size) and targets > 0
+    torch.testing.assert_close(sparse.loss, full.loss)
+    assert sparse_grads.keys() == full_grads.keys() and any(n.startswith("vision_tower") for n in sparse_grads)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_media_marker_mismatch_is_a_clear_error(processor, tiny_model):
     with pytest.raises(ValueError, match="2 <image> and 0 <video> markers but 1 images"):
         processor.encode([{"from": "human", "value": "<image><image>\nSame?"}, {"from": "gpt", "value": "yes"}],

@@ -48,7 +48,9 @@ def test_frontier_quick_flow_tiny(tmp_path, monkeypatch, latest_artifact) -> Non
         assert row["visual_tokens_per_sample"] > 0 and row["experiment"]
     assert rows["peer"]["video_frames"] == 8 and (rows["nvila"]["video_frames"], rows["nvila"]["video_pool"]) == (32, 4)
     goals = {g["goal"]: g for g in report["goals"]}
-    assert goals["peer"]["held"] in (True, False) and goals["deltaloss"]["held"] is None
+    at_chance = all(rows[v]["acc_mean"] <= rows[v]["chance_mean"] for v in ("nvila", "peer"))
+    assert (goals["peer"]["held"] is None) == at_chance, "judged only when a compared model beats chance"
+    assert "peer" in goals["peer"]["numbers"] and goals["deltaloss"]["held"] is None
 
     out = tmp_path / "r"
     saved = json.loads((out / "frontier.json").read_text())
