@@ -22,10 +22,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 STAGES = ["--stages", "token_pretrain"]
 
 
+def _foreground() -> None:
+    """Ctrl-C's default action, as a terminal's foreground job has it. A test run started in the background of a
+    non-interactive shell (`.ci/run &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(root: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
     """`nvila pipeline run` in its own process group, as a shell runs a foreground job."""
     return subprocess.Popen([sys.executable, "-m", "flows.cli", "pipeline", "run", "--no-apply", *STAGES], cwd=root,
-                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_foreground)
 
 
 def _wait_for_checkpoint(root: Path, proc: subprocess.Popen, log: Path, timeout: float = 900) -> Path:
