@@ -139,10 +139,11 @@ class LlavaDataset(torch.utils.data.Dataset):
         if self.max_length is not None and sample["input_ids"].shape[0] > self.max_length:
             return self._skip(rid, f"too_long: {sample['input_ids'].shape[0]} > {self.max_length} tokens")
         sample["id"] = rid
-        size = sum(v.nbytes for v in sample.values() if isinstance(v, torch.Tensor))
-        if size <= self.cache_room:
-            self.cache[index] = sample
-            self.cache_room -= size
+        if self.cache_room > 0:
+            size = sum(v.nbytes for v in sample.values() if isinstance(v, torch.Tensor))
+            if size <= self.cache_room:
+                self.cache[index] = sample
+                self.cache_room -= size
         return sample
 
     def _skip(self, rid: str, reason: str) -> None:

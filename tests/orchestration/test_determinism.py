@@ -19,7 +19,7 @@ OUTPUTS = ("runs/scorers/small/model.safetensors", "runs/scorers/large/model.saf
            "runs/projector_init/model.safetensors", "data/scores/scores.parquet")
 
 
-def test_a_rerun_reproduces_the_weights_bit_for_bit(tmp_path, monkeypatch) -> None:
+def test_a_rerun_reproduces_the_weights_and_scores_bit_for_bit(tmp_path, monkeypatch) -> None:
     import dvc.api
     from prefect.testing.utilities import prefect_test_harness
 
