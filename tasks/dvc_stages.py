@@ -6,6 +6,8 @@ so the Prefect flow can never disagree with `dvc repro`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -22,23 +24,50 @@ class StageFailed(RuntimeError):
         self.exit_code = exit_code
 
 
+@functools.lru_cache(maxsize=32)
+def _read_stages(root: str, definition: str) -> tuple[tuple[str, ...], dict[str, frozenset[str]],
+                                                         dict[str, tuple[Path, ...]]]:
+    """(stage names as declared, {stage: stages it depends on}, {stage: its outputs}) as DVC reads them at `root`.
+
+    Building DVC's index takes most of a second; a run asks for it before and after every stage, so the answer is
+    kept per `definition` (the digest of what DVC reads it from, see `_definition`).
+    """
+    from dvc.repo import Repo
+
+    with Repo(root) as repo:
+        graph = repo.index.graph  # an edge goes from a stage to a stage it depends on
+        stages = list(repo.index.stages)
+        needs = {stage.name: frozenset(dep.name for dep in graph.successors(stage)) for stage in graph.nodes}
+        outs = {stage.name: tuple(Path(out.fs_path) for out in stage.outs) for stage in stages}
+    return tuple(stage.name for stage in stages), needs, outs
+
+
+def _definition(root: Path) -> str:
+    """A digest of the files DVC reads the stages from: `dvc.yaml` and the params file its templating reads."""
+    digest = hashlib.sha256()
+    for name in ("dvc.yaml", "params.yaml"):
+        path = root / name
+        digest.update(path.read_bytes() if path.is_file() else b"\0missing")
+    return digest.hexdigest()
+
+
+def _stages(root: Path) -> tuple[tuple[str, ...], dict[str, frozenset[str]], dict[str, tuple[Path, ...]]]:
+    return _read_stages(str(Path(root).resolve()), _definition(root))
+
+
 def stage_graph(root: Path) -> tuple[list[str], dict[str, set[str]]]:
     """(every stage in dependency order, {stage: the stages it depends on directly}) of the project at `root`.
 
     Stages that do not depend on each other keep their order in dvc.yaml.
     """
     import networkx as nx
-    from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
-        graph = repo.index.graph  # an edge goes from a stage to a stage it depends on
-        declared = [stage.name for stage in repo.index.stages]
-        needs = {stage.name: {dep.name for dep in graph.successors(stage)} for stage in graph.nodes}
+    declared, needs, _ = _stages(root)
     dag = nx.DiGraph()
     dag.add_nodes_from(declared)
     dag.add_edges_from((dep, stage) for stage, deps in needs.items() for dep in deps)
     order = list(nx.lexicographical_topological_sort(dag, key=declared.index))
-    return order, needs
+    return order, {stage: set(deps) for stage, deps in needs.items()}
 
 
 def plan(root: Path, targets: list[str] | None) -> list[str]:
@@ -83,11 +112,10 @@ def lock_params(entry: dict[str, Any]) -> dict[str, Any]:
 
 def out_paths(root: Path, stage: str) -> list[Path]:
     """The outputs (and metrics) `dvc.yaml` declares for `stage`, resolved in the workspace at `root`."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        (found,) = [s for s in repo.index.stages if s.name == stage]
-        return [Path(out.fs_path) for out in found.outs]
+    _, _, outs = _stages(root)
+    if stage not in outs:
+        raise ValueError(f"{stage!r} is not a stage of {Path(root) / 'dvc.yaml'}")
+    return list(outs[stage])
 
 
 def output_dir(root: Path, stage: str) -> Path:

@@ -174,14 +174,19 @@ def set_params(path: Path, overrides: dict[str, Any]) -> None:
 def save_experiment(ws: Workspace, stages: list[str], push: bool = True) -> str:
     """Commit the run of `stages` as a DVC experiment named after the workspace (params, dvc.lock, metrics); push
     their outputs to the default remote, if the project has one. Returns the experiment name."""
+    from tasks.dvc_stages import stage_graph
+
+    # DVC commits each named stage on its own, rewriting dvc.lock every time (about a second each); a run of every
+    # stage names none, and DVC commits them all with one write. So does `dvc push`.
+    targets = [] if set(stages) == set(stage_graph(ws.root)[0]) else list(stages)
     git(["add", "-A"], ws.root)
     with repo_lock(ws.project):
         names = set(dvc(["exp", "ls", "--name-only", "--all-commits"], ws.project).split())
         name = ws.name if ws.name not in names else next(
             f"{ws.name}-{i}" for i in range(2, 1000) if f"{ws.name}-{i}" not in names)
-        dvc(["exp", "save", "--name", name, *stages], ws.root, ws.env())
+        dvc(["exp", "save", "--name", name, *targets], ws.root, ws.env())
     if push and ws.default_remote:
-        dvc(["push", "--quiet", *stages], ws.root, ws.env())
+        dvc(["push", "--quiet", *targets], ws.root, ws.env())
     return name
 
 

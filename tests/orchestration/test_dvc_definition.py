@@ -55,3 +55,28 @@ def test_set_options_parse_into_dotted_settings() -> None:
             parse_overrides([bad])
     with pytest.raises(ValueError, match="not valid YAML"):
         parse_overrides(["image_sft.lr={a: [1"])
+
+
+def test_the_stages_are_read_again_when_dvc_yaml_or_params_change(tmp_path: Path) -> None:
+    """A run reads the stage table before and after every stage (kept between reads), and its own params can add
+    stages (`peers`) or dvc.yaml can move a path: each change is seen at the next read."""
+    from dvc.repo import Repo
+
+    from tasks.dvc_stages import out_paths, output_dir
+
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    Repo.init(str(tmp_path), no_scm=True).close()
+    order, _ = stage_graph(tmp_path)
+    assert "peer@llava" not in order
+    assert output_dir(tmp_path, "eval") == tmp_path.resolve() / "runs/eval"
+
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "peers": ["llava"]}))
+    assert "peer@llava" in stage_graph(tmp_path)[0]
+    assert out_paths(tmp_path, "peer@llava")
+    dvc_yaml = (tmp_path / "dvc.yaml").read_text()
+    (tmp_path / "dvc.yaml").write_text(dvc_yaml.replace("eval: runs/eval\n", "eval: runs/evaluation\n", 1))
+    assert output_dir(tmp_path, "eval") == tmp_path.resolve() / "runs/evaluation"
+    with pytest.raises(ValueError, match="'nonsense' is not a stage of"):
+        out_paths(tmp_path, "nonsense")
