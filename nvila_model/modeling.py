@@ -221,6 +221,19 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         `num_items_in_batch` under gradient accumulation) and gradients; `logits` holds the supervised rows
         [targets, vocab] in fp32. Evaluation mode returns every position's logits as before.
         """
+        logits_TV, targets_T, supervised_BL = self.supervised_logits(inputs_embeds, attention_mask, position_ids,
+                                                                     labels, **kwargs)
+        loss = F.cross_entropy(logits_TV, targets_T, reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else supervised_BL.sum()
+        if torch.is_tensor(count):
+            count = count.to(loss.device)
+        return CausalLMOutputWithPast(loss=loss / count, logits=logits_TV)
+
+    def supervised_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                          position_ids: torch.LongTensor | None, labels: torch.LongTensor,
+                          **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The LM head on the positions that predict a label, only: `(logits_TV in fp32, targets_T,
+        supervised_BL)`, T the supervised positions in row-major order (position t predicts label t + 1)."""
         # the decoder and head as transformers names them, also when peft wraps the LLM (LoRA)
         decoder = self.language_model.get_decoder()
         hidden_BLD = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
@@ -228,11 +241,7 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         targets_BL = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(hidden_BLD.device)  # t predicts t + 1
         supervised_BL = targets_BL != IGNORE_INDEX
         logits_TV = self.get_output_embeddings()(hidden_BLD[supervised_BL]).float()
-        loss = F.cross_entropy(logits_TV, targets_BL[supervised_BL], reduction="sum")
-        count = num_items_in_batch if num_items_in_batch is not None else supervised_BL.sum()
-        if torch.is_tensor(count):
-            count = count.to(loss.device)
-        return CausalLMOutputWithPast(loss=loss / count, logits=logits_TV)
+        return logits_TV, targets_BL[supervised_BL], supervised_BL
 
     def prepare_inputs_for_generation(self, input_ids, is_first_iteration: bool | None = False, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration,

@@ -35,6 +35,8 @@ def validate(
                                            "(LLaVA's image folder); default: the corpus folder"),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="processor or tokenizer folder: exact token "
                                           "counts for the length check (default: a UTF-8 byte bound)"),
+    docs: Path | None = typer.Option(None, "--docs", help="the folder for the great-expectations data docs "
+                                     "(default: OUT/data_docs)"),
     params: Path = PARAMS,
 ) -> None:
     """Run the great-expectations suite and decode checks; write clean manifests, quarantine, summary, data docs."""
@@ -43,7 +45,7 @@ def validate(
 
     try:
         configs = load_params(params, keys=["validate", "model"])
-        run_validate(configs["validate"], raw, out, tokenizer, configs["model"], media_root)
+        run_validate(configs["validate"], raw, out, tokenizer, configs["model"], media_root, docs)
     finally:
         summary = out / "summary.json"
         if summary.is_file():

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -192,13 +193,19 @@ def read_splits(cfg: ValidateConfig, src: Path, root: Path, count_tokens: Any) -
 
 
 def run_validate(cfg: ValidateConfig, raw: str | Path, out: str | Path, tokenizer: Any = None,
-                 model_params: ModelParams | None = None, media_root: str | Path | None = None) -> Path:
-    """Validate every split of the corpus `raw`; write clean manifests, quarantine, summary and data docs to `out`.
+                 model_params: ModelParams | None = None, media_root: str | Path | None = None,
+                 docs: str | Path | None = None) -> Path:
+    """Validate every split of the corpus `raw`; write clean manifests, quarantine and summary to `out`, and the data
+    docs (`cfg.data_docs`) to `docs` (default `out/data_docs`).
 
     `tokenizer` (a processor, a tokenizer, or a folder holding either) makes the text token counts exact; without
     one they are the UTF-8 byte bound. `model_params` (the `model` key; default `ModelParams()`) gives the exact
     media token counts of the length check. `media_root`: the folder media paths are relative to (LLaVA keeps its
     images apart from the JSON); default the manifests' own (`default_media_root`).
+
+    Everything written to `out` is a function of the inputs and settings: the same corpus validated again gives the
+    same bytes, so the stages that read it are restored from DVC's cache. The data docs are not: great-expectations
+    stamps them with the time. The pipeline therefore gives them a folder of their own, which no stage reads.
     """
     from ..presets import build_config
 
@@ -212,16 +219,19 @@ def run_validate(cfg: ValidateConfig, raw: str | Path, out: str | Path, tokenize
     df = pd.DataFrame(rows).astype(object)
     df = df.where(df.notna(), None)
     length_check = {"text": method, "media": f"preset {model_params.preset}", "max_tokens": cfg.max_tokens}
-    with staged_output(final) as staging:
-        summary = _write(cfg, src, staging, root, df, entries, rows, blank, length_check)
+    with staged_output(final) as staging, \
+            staged_output(docs) if docs is not None else nullcontext(staging / "data_docs") as docs_dir:
+        summary = _write(cfg, src, staging, root, df, entries, rows, blank, length_check,
+                         docs_dir if cfg.data_docs else None)
     check_reject_share(summary, cfg.max_reject_share, final)
     return final
 
 
 def _write(cfg: ValidateConfig, src: Path, out: Path, root: Path, df: pd.DataFrame, entries: list[ManifestEntry],
-           rows: list[dict[str, Any]], blank: dict[str, int], length_check: dict[str, Any]) -> dict[str, Any]:
-    """Run the suite and write the validated corpus into `out`; returns the summary."""
-    reasons, _ = run_suite(df, cfg, out / "data_docs" if cfg.data_docs else None)
+           rows: list[dict[str, Any]], blank: dict[str, int], length_check: dict[str, Any],
+           docs: Path | None) -> dict[str, Any]:
+    """Run the suite (data docs to `docs`, if any) and write the validated corpus into `out`; returns the summary."""
+    reasons, _ = run_suite(df, cfg, docs)
     for split in cfg.splits:
         write_jsonl([e.record for e, row, why in zip(entries, rows, reasons, strict=True)
                      if row["split"] == split and not why], out / f"{split}.jsonl")

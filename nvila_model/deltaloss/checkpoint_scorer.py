@@ -13,7 +13,7 @@ import torch
 
 from nvila_model.checkpoint import load_checkpoint
 from nvila_model.data.loader import LOAD_ERRORS, load_media
-from nvila_model.deltaloss.formula import mean_answer_logprob
+from nvila_model.deltaloss.formula import supervised_mean_logprob
 from nvila_model.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -45,20 +45,26 @@ class CheckpointScorer:
 
     @torch.inference_mode()
     def mean_logprobs(self, records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """Teacher forcing on each record's own answer tokens, `micro_batch_size` records per forward pass."""
+        """Teacher forcing on each record's own answer tokens, `micro_batch_size` records per forward pass.
+
+        The records are batched by length (padding is wasted work) and the LM head runs on the answer positions
+        only: the same numbers as the model's full logits, for less.
+        """
         means = np.full(len(records), np.nan)
         counts = np.zeros(len(records), dtype=np.int64)
         encoded = [(i, s) for i, s in enumerate(self.encode(r) for r in records) if s is not None]
+        encoded.sort(key=lambda item: item[1]["input_ids"].shape[0])
         for start in range(0, len(encoded), self.micro_batch_size):
             chunk = encoded[start : start + self.micro_batch_size]
             batch = self.processor.pad([s for _, s in chunk])
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            labels_BL = batch.pop("labels")
             autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                         else nullcontext())
             with autocast:
-                logits_BLV = self.model(**batch).logits
-            mean_B, num_B = mean_answer_logprob(logits_BLV, labels_BL)
+                embeds_BLD = self.model.embed(batch["input_ids"], batch["pixel_values"], batch["media_layout"])
+                logits_TV, targets_T, supervised_BL = self.model.supervised_logits(
+                    embeds_BLD, batch["attention_mask"], None, batch["labels"])
+            mean_B, num_B = supervised_mean_logprob(logits_TV, targets_T, supervised_BL)
             for (i, _), mean, num in zip(chunk, mean_B.cpu().tolist(), num_B.cpu().tolist(), strict=True):
                 means[i], counts[i] = mean, num
         return means, counts

@@ -40,6 +40,19 @@ def mean_answer_logprob(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tu
     return mean_B, num_tokens_B
 
 
+def supervised_mean_logprob(logits_TV: torch.Tensor, targets_T: torch.Tensor,
+                            supervised_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mean_answer_logprob` from the logits at the supervised positions only (`supervised_logits` of the model):
+    `logits_TV` row t predicts `targets_T[t]`, and the rows follow `supervised_BL` (True where a position predicts a
+    label) in row-major order."""
+    logp_T = torch.log_softmax(logits_TV.float(), dim=-1).gather(-1, targets_T.unsqueeze(-1)).squeeze(-1)
+    rows_T = supervised_BL.nonzero()[:, 0]
+    num_tokens_B = supervised_BL.sum(dim=1)
+    sum_B = logp_T.new_zeros(supervised_BL.shape[0]).index_add_(0, rows_T, logp_T)
+    mean_B = (sum_B / num_tokens_B.clamp(min=1)).masked_fill(num_tokens_B == 0, float("nan"))
+    return mean_B, num_tokens_B
+
+
 def delta_score(mean_logp_large: float, mean_logp_small: float) -> float:
     """score(x) = mean_i log p_large(y_i) - mean_i log p_small(y_i) = small cross-entropy - large cross-entropy.
 

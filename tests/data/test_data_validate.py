@@ -60,3 +60,22 @@ def test_token_counter_from_the_processor_is_exact(corpus: Path, processor) -> N
         video = LlavaDataset([r], corpus, processor).load_raw(0)["video"]
         assert facts["tokens"] == processor.encode(r["conversations"], images=images or None,
                                                    video=video)["input_ids"].shape[0], r["id"]
+
+
+def test_the_validated_corpus_is_the_same_bytes_when_validated_again(corpus: Path, tmp_path: Path) -> None:
+    """What the stages downstream read must not change when nothing they read changed: the data docs (time-stamped
+    by great-expectations) go to a folder of their own, and a model whose token counts keep every record (a
+    frontier variant) validates to the same corpus, so DVC restores the scores and models instead of recomputing."""
+    from nvila_model.manifest import hash_path
+    from nvila_model.train.config import ModelParams
+
+    raw = tmp_path / "raw"
+    shutil.copytree(corpus, raw / "synth")
+    outs, docs = [], []
+    for name, overrides in (("a", {}), ("b", {}), ("c", {"projector": "none", "dynamic_s2": False})):
+        outs.append(run_validate(ValidateConfig(), raw / "synth", tmp_path / name, docs=tmp_path / f"docs-{name}",
+                                 model_params=ModelParams(preset="tiny", overrides=overrides)))
+        docs.append(tmp_path / f"docs-{name}")
+    assert all((d / "index.html").is_file() for d in docs)
+    assert not any((out / "data_docs").exists() for out in outs)
+    assert hash_path(outs[0]) == hash_path(outs[1]) == hash_path(outs[2])

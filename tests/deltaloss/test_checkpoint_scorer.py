@@ -26,14 +26,18 @@ def _score(root, out, **kw):
 def test_batched_scorer_matches_one_sample_forward(colour_corpus, processor):
     records = read_manifest(colour_corpus / "train.jsonl")
     scorer = CheckpointScorer(colour_corpus / "large", colour_corpus, micro_batch_size=4)
+    records[1]["conversations"][1]["value"] += " and a longer answer"  # lengths differ: batched out of order
     means, counts = scorer.mean_logprobs(records)
-    sample = scorer.encode(records[3])
-    with torch.inference_mode():
-        logits = scorer.model(input_ids=sample["input_ids"][None], pixel_values=sample["pixel_values"],
-                              media_layout=sample["media_layout"]).logits
-    single, num = mean_answer_logprob(logits, sample["labels"][None])
-    assert counts[3] == num.item() == 2  # the answer word and <|im_end|>
-    assert means[3] == pytest.approx(single.item(), abs=1e-5)
+    for i, record in enumerate(records):  # the model's full logits, one sample per forward
+        sample = scorer.encode(record)
+        with torch.inference_mode():
+            logits = scorer.model(input_ids=sample["input_ids"][None], pixel_values=sample["pixel_values"],
+                                  media_layout=sample["media_layout"]).logits
+        single, num = mean_answer_logprob(logits, sample["labels"][None])
+        assert counts[i] == num.item(), record["id"]
+        assert means[i] == pytest.approx(single.item(), abs=1e-5), record["id"]
+    assert counts[3] == 2  # the answer word and <|im_end|>
+    assert counts[1] > 2
 
 
 def test_fitted_sample_scores_positive_and_is_kept(colour_corpus, tmp_path):
