@@ -34,10 +34,7 @@ def mean_answer_logprob(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> tu
     and pruning ranks it last).
     """
     logp_BT, mask_BT = token_logprobs(logits_BLV, labels_BL)
-    num_tokens_B = mask_BT.sum(dim=1)
-    mean_B = logp_BT.sum(dim=1) / num_tokens_B.clamp(min=1)
-    mean_B = mean_B.masked_fill(num_tokens_B == 0, float("nan"))
-    return mean_B, num_tokens_B
+    return _row_means(logp_BT[mask_BT], mask_BT)
 
 
 def supervised_mean_logprob(logits_TV: torch.Tensor, targets_T: torch.Tensor,
@@ -46,9 +43,14 @@ def supervised_mean_logprob(logits_TV: torch.Tensor, targets_T: torch.Tensor,
     `logits_TV` row t predicts `targets_T[t]`, and the rows follow `supervised_BL` (True where a position predicts a
     label) in row-major order."""
     logp_T = torch.log_softmax(logits_TV.float(), dim=-1).gather(-1, targets_T.unsqueeze(-1)).squeeze(-1)
-    rows_T = supervised_BL.nonzero()[:, 0]
-    num_tokens_B = supervised_BL.sum(dim=1)
-    sum_B = logp_T.new_zeros(supervised_BL.shape[0]).index_add_(0, rows_T, logp_T)
+    return _row_means(logp_T, supervised_BL)
+
+
+def _row_means(logp_T: torch.Tensor, mask_BX: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean of each row's values, their count): `logp_T` holds the values at the True positions of `mask_BX` in
+    row-major order; a row without any is NaN."""
+    num_tokens_B = mask_BX.sum(dim=1)
+    sum_B = logp_T.new_zeros(mask_BX.shape[0]).index_add_(0, mask_BX.nonzero()[:, 0], logp_T)
     mean_B = (sum_B / num_tokens_B.clamp(min=1)).masked_fill(num_tokens_B == 0, float("nan"))
     return mean_B, num_tokens_B
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from nvila_model.train.stage import is_complete
 from tests.orchestration.conftest import git_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -39,6 +38,8 @@ def _start(root: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
 def _wait_for_checkpoint(root: Path, proc: subprocess.Popen, log: Path, timeout: float = 900) -> Path:
     """Wait until token_pretrain (12 steps, a checkpoint every 3) has written its first checkpoint whole: the stage is
     mid-way and resumable. (Its folder appears when the save starts; an interrupt then leaves it partial.)"""
+    from nvila_model.train.stage import is_complete
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         found = [p for p in (root / ".nvila" / "work").glob("token_pretrain/*/checkpoints/checkpoint-3")
@@ -104,6 +105,8 @@ def test_interrupts_and_kills_then_resume(tmp_path: Path) -> None:
     lines = [line for line in output.splitlines() if line.startswith("nvila: ")]
     assert lines == [lines[0]] and "run the same command again to resume" in lines[0], lines
     assert not _descendants_alive(proc.pid), "the stage, DVC and the servers stopped with it"
+    from nvila_model.train.stage import is_complete
+
     # The stage may have saved a later checkpoint (and rotated this one out) before the signal reached it.
     kept = [p for p in checkpoint.parent.glob("checkpoint-*") if is_complete(p)]
     assert kept, "the interrupted stage keeps its last checkpoint"
