@@ -107,6 +107,17 @@ def _latest_artifact(key: str) -> str | None:
     return asyncio.run(read())
 
 
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server (a temporary database) for the session's in-process flow runs: starting one takes
+    about 20 s on 2 cores, and each run only reads back what it wrote itself (its own flow run, the newest
+    artifact it made)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
 @pytest.fixture()
 def latest_artifact():
     """`latest_artifact(key)`: the newest Prefect artifact with that key, or None (call inside the harness)."""

@@ -28,17 +28,15 @@ TINY = {"generate.scale": 0.05, "eval.limit_per_subset": 2, "eval.efficiency_sam
 VARIANTS = ["peer", "nvila"]
 
 
-def test_frontier_quick_flow_tiny(tmp_path, monkeypatch, latest_artifact) -> None:
+def test_frontier_quick_flow_tiny(tmp_path, monkeypatch, prefect_server, latest_artifact) -> None:
     from mlflow.tracking import MlflowClient
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.frontier import efficient_frontier
 
     root = git_project(tmp_path / "project")
     point_env_at(monkeypatch, root)
-    with prefect_test_harness(server_startup_timeout=180):
-        report = efficient_frontier(variants=VARIANTS, quick=True, overrides=TINY, report_dir=str(tmp_path / "r"))
-        artifact = latest_artifact("nvila-frontier")
+    report = efficient_frontier(variants=VARIANTS, quick=True, overrides=TINY, report_dir=str(tmp_path / "r"))
+    artifact = latest_artifact("nvila-frontier")
 
     rows = {r["variant"]: r for r in report["rows"]}
     assert list(rows) == ["nvila", "peer"], "the reference first, then table order"

@@ -13,9 +13,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 ADAPT = ("import", "finetune_imported", "quantize_imported", "eval_imported", "eval_quantized_imported")
 
 
-def test_pipeline_adapts_a_released_checkpoint(tmp_path, monkeypatch) -> None:
+def test_pipeline_adapts_a_released_checkpoint(tmp_path, monkeypatch, prefect_server) -> None:
     from mlflow.tracking import MlflowClient
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.pipeline import nvila_pipeline
     from tests.checkpoint.official_fixture import write_official
@@ -24,8 +23,7 @@ def test_pipeline_adapts_a_released_checkpoint(tmp_path, monkeypatch) -> None:
     # The fixture's LLM is 48 wide, which no AWQ group size (32, 64, 128) divides: the W8A8 vision tower only.
     root = git_project(tmp_path / "project", {"quantize": {"llm": {"enabled": False}}})
     point_env_at(monkeypatch, root)
-    with prefect_test_harness(server_startup_timeout=180):
-        result = nvila_pipeline(init_checkpoint=str(released))
+    result = nvila_pipeline(init_checkpoint=str(released))
 
     ran = list(result["stages"])
     assert ran == ["generate", "validate", *(f"{stage}@NVILA-tiny" for stage in ADAPT)]

@@ -5,7 +5,9 @@ stages in the DVC run-cache, as a user's second run would:
 1. a full run applied to the working tree: `dvc status` clean, the experiment in `dvc exp show`, every plot;
 2. keep ratio 0.5, up to eval: everything upstream of prune restored (no training step ran), SFT on the 0.5 subset;
 3. a partial run: tagged partial, the latest evaluation artifact left alone;
-4. two runs at once from the command line, keep 0.5 and `--set prune.keep_ratio=0.7`: both complete, each
+4. the stages up to `score` and `projector_init` again with DVC's run-cache set aside, so they are computed anew
+   (three trainings through the one training path, and Ray scoring): the same weights and scores, bit for bit;
+5. two runs at once from the command line, keep 0.5 and `--set prune.keep_ratio=0.7`: both complete, each
    experiment holds its own subset and metrics;
 and every stage command reads only code and params its dvc.yaml stage lists.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +32,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 TRACKER = "nvila_model/tracking.py"
 UPSTREAM_OF_PRUNE = ("generate", "validate", "tokenizer", "score", "projector_init", "vision_pretrain",
                      "token_pretrain")
+RECOMPUTED = ("runs/scorers/small/model.safetensors", "runs/scorers/large/model.safetensors",
+              "runs/projector_init/model.safetensors", "data/scores/scores.parquet")
 
 
 def _dvc(args: list[str], root: Path) -> str:
@@ -56,10 +61,8 @@ def _read(root: Path, path: str, rev: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The three in-process runs of the module's project (under the Prefect test harness)."""
-    from prefect.testing.utilities import prefect_test_harness
-
+def runs(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> dict:
+    """The four in-process runs of the module's project (under the session's Prefect test server)."""
     from flows.pipeline import nvila_pipeline
     from tests.orchestration.conftest import _latest_artifact
 
@@ -67,15 +70,25 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         point_env_at(patch, root)
         patch.setenv("NVILA_TRACE", str(root / "trace.jsonl"))
-        with prefect_test_harness(server_startup_timeout=180):
-            first = nvila_pipeline(apply=True)
-            status = _dvc(["status"], root)
-            second = nvila_pipeline(keep_ratio=0.5, stages=["eval"])
-            artifact = _latest_artifact("nvila-eval")
-            partial = nvila_pipeline(stages=["validate"])
-            after_partial = _latest_artifact("nvila-eval")
+        first = nvila_pipeline(apply=True)
+        status = _dvc(["status"], root)
+        second = nvila_pipeline(keep_ratio=0.5, stages=["eval"])
+        artifact = _latest_artifact("nvila-eval")
+        partial = nvila_pipeline(stages=["validate"])
+        after_partial = _latest_artifact("nvila-eval")
+        # DVC's run-cache and the applied dvc.lock (a run's workspace takes the uncommitted files) set aside, so
+        # every stage of this run is computed again instead of restored; put back after, so the later runs of the
+        # module still restore what the first run computed
+        aside = tmp_path_factory.mktemp("aside")
+        kept = [root / ".dvc" / "cache" / "runs", root / "dvc.lock"]
+        for path in kept:
+            shutil.move(path, aside / path.name)
+        rerun = nvila_pipeline(stages=["score", "projector_init"])
+        shutil.rmtree(kept[0])
+        for path in kept:
+            shutil.move(aside / path.name, path)
     return {"root": root, "first": first, "status": status, "second": second, "artifact": artifact,
-            "partial": partial, "after_partial": after_partial}
+            "partial": partial, "after_partial": after_partial, "rerun": rerun}
 
 
 def test_a_run_is_an_experiment_and_leaves_the_working_tree_reproducible(runs):
@@ -115,7 +128,7 @@ def test_mlflow_records_each_run_with_its_effective_params_and_where_restored_st
     client = MlflowClient(f"sqlite:///{runs['root'] / 'mlflow.db'}")
     mlflow.set_tracking_uri(client.tracking_uri)
     parents = mlflow.search_runs(experiment_names=["nvila"], filter_string="tags.kind = 'pipeline'")  # README
-    assert len(parents) == 3
+    assert len(parents) == 4
     by_id = {row["run_id"]: row for _, row in parents.iterrows()}
     first, second = by_id[runs["first"]["mlflow_run_id"]], by_id[runs["second"]["mlflow_run_id"]]
     assert first["params.keep_ratio"] == "0.9" and second["params.keep_ratio"] == "0.5"
@@ -139,6 +152,17 @@ def test_a_partial_run_is_tagged_and_leaves_the_evaluation_artifact_alone(runs):
     assert runs["partial"]["stages"] == {"generate": "restored", "validate": "restored"}
     assert runs["after_partial"] == runs["artifact"] and "NVILA pipeline: evaluation" in runs["artifact"]
     assert runs["second"]["experiment"] in runs["artifact"]
+
+
+def test_a_rerun_reproduces_the_weights_and_scores_bit_for_bit(runs):
+    import dvc.api
+
+    root, first, rerun = runs["root"], runs["first"], runs["rerun"]
+    assert rerun["stages"] == dict.fromkeys(("generate", "validate", "tokenizer", "score", "projector_init"), "ran")
+    revs = {name: exp["rev"] for name, exp in _experiments(root).items()}
+    for path in RECOMPUTED:
+        blobs = [dvc.api.read(path, repo=str(root), rev=revs[run["experiment"]], mode="rb") for run in (first, rerun)]
+        assert blobs[0] == blobs[1], f"{path} differs between two runs of the same pipeline"
 
 
 def test_every_stage_command_reads_only_what_its_dvc_stage_lists(runs):
@@ -177,8 +201,8 @@ def test_two_runs_at_once_keep_their_own_subsets(runs):
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out[-3000:]
     exps = _experiments(root)
-    new = [e for name, e in exps.items() if name not in (runs["first"]["experiment"], runs["second"]["experiment"],
-                                                         runs["partial"]["experiment"])]
+    new = [e for name, e in exps.items()
+           if name not in {runs[run]["experiment"] for run in ("first", "second", "partial", "rerun")}]
     assert sorted(e["params"]["prune"]["keep_ratio"] for e in new) == [0.5, 0.7]
     for exp in new:
         summary = _read(root, "data/pruned/summary.json", exp["rev"])

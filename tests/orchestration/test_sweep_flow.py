@@ -20,17 +20,15 @@ SWEEP = {"sweep": {"keep_ratios": [1.0, 0.5], "methods": ["deltaloss"],
                    "epochs": {"image_sft": 1, "video_sft": 1}}}
 
 
-def test_sweep_flow_tiny(tmp_path, monkeypatch, latest_artifact) -> None:
+def test_sweep_flow_tiny(tmp_path, monkeypatch, prefect_server, latest_artifact) -> None:
     from mlflow.tracking import MlflowClient
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.sweep import pruning_sweep
 
     root = git_project(tmp_path / "project", SWEEP)
     point_env_at(monkeypatch, root)
-    with prefect_test_harness(server_startup_timeout=180):
-        rows = pruning_sweep(report_dir=str(tmp_path / "report"))
-        artifact = latest_artifact("nvila-pruning-sweep")
+    rows = pruning_sweep(report_dir=str(tmp_path / "report"))
+    artifact = latest_artifact("nvila-pruning-sweep")
 
     assert [(r["method"], r["keep_ratio"]) for r in rows] == [("all-data", 1.0), ("deltaloss", 0.5)]
     full, *pruned = rows
