@@ -4,6 +4,7 @@ When the pipeline runs a stage command it passes, through the environment, the M
 (`NVILA_MLFLOW_RUN_ID`) and a file to touch once the command really runs (`NVILA_STAGE_MARKER`: a stage DVC
 restores from its cache never gets here). `NVILA_TRACE` names a file to which the command appends the project
 modules it loaded and the params keys it read (the test that `dvc.yaml` lists every dependency reads it).
+`NVILA_NUM_THREADS` is the stage's share of the CPU threads when the run has other stages running beside it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from nvila_model.peer import cli as peer_cli
 from nvila_model.quant import cli as quant_cli
 from nvila_model.train import cli as train_cli
 from tasks.dvc_stages import StageFailed
-from tasks.env import configure
+from tasks.env import THREADS_ENV, configure
 from tasks.warm import SOCKET_ENV, run_client
 
 app = typer.Typer(help="NVILA pipeline: data, DeltaLoss pruning, five-stage training, fine-tuning, deployment.",
@@ -55,7 +56,12 @@ def _trace(path: str) -> None:
 
 
 def _setup_stage_run() -> None:
-    """The tracker a tracked stage logs through, the executed-stage marker, and the trace, from the environment."""
+    """The tracker a tracked stage logs through, the executed-stage marker, the trace and the stage's share of the
+    CPU threads, from the environment."""
+    if os.environ.get(THREADS_ENV):
+        import torch
+
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
     if os.environ.get("NVILA_TRACE"):
         _trace(os.environ["NVILA_TRACE"])
     if os.environ.get("NVILA_STAGE_MARKER"):

@@ -30,6 +30,8 @@ class PipelineConfig:
     deployment: str = "nvila-retrain"  # Prefect deployment name
     cron: str = "0 3 * * 1"  # periodic re-training schedule (Mondays 03:00)
     timezone: str = "UTC"
+    # stages that do not depend on each other run at once, this many at most, splitting the CPU cores between them
+    parallel_stages: int = Field(default=2, ge=1)
 
 
 @config

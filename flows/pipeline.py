@@ -5,7 +5,8 @@ The stages, their order and what each needs come from `dvc.yaml` (through DVC's 
 2. opens a git worktree of the project (its uncommitted changes included) sharing the DVC cache, and writes the
    run's parameters into its params.yaml, as `dvc exp run -S` does;
 3. runs each selected stage (and what it needs) with `dvc repro --single-item`: unchanged stages are restored from
-   DVC's run-cache, the others computed; each stage is a Prefect task and an MLflow child run;
+   DVC's run-cache, the others computed; each stage is a Prefect task and an MLflow child run; stages that do not
+   depend on each other run at once (`pipeline.parallel_stages`), sharing the cores;
 4. saves the workspace as a DVC experiment named after the flow run and pushes its outputs to the default remote;
 5. reports (MLflow metrics and plots, the Prefect artifact when it evaluated, the model registry);
 6. with `apply`, brings the experiment into the project's working tree (`dvc exp apply`).
@@ -21,14 +22,14 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.config import check_params, run_overrides
+from flows.config import PipelineConfig, check_params, run_overrides
 from nvila_model.manifest import git_revision
-from nvila_model.params import ORCHESTRATION_KEYS, read_params
+from nvila_model.params import ORCHESTRATION_KEYS, parse, read_params
 from tasks import liveness
-from tasks.dvc_stages import out_paths, output_dir, plan
+from tasks.dvc_stages import out_paths, output_dir, plan, stage_graph
 from tasks.env import project_dir
 from tasks.report import close_pipeline_run, open_pipeline_run, publish_report, read_metrics, register_model
-from tasks.stage_task import RunContext, run_stage
+from tasks.stage_task import RunContext, run_stages
 from tasks.tracking import dvc_lock_hashes, flatten, run_status, tracking_file
 from tasks.warm import serving
 from tasks.workspace import (
@@ -158,7 +159,8 @@ def nvila_pipeline(
         try:
             with serving(ws.env()) as launch:  # stage commands fork from a process with the libraries imported
                 staged = dataclasses.replace(ws, launch=tuple(launch.items()))
-                results = [run_stage(stage, staged, run) for stage in order]
+                parallel = parse(PipelineConfig, data.get("pipeline"), f"{params_file}: pipeline").parallel_stages
+                results = run_stages(order, stage_graph(ws.root)[1], staged, run, parallel)
             exp = save_experiment(ws, order)
             tags = {"dvc.experiment": exp, **dvc_lock_hashes(ws.root)}
             columns = _report(run, ws, order, results, exp, models, best_metric)

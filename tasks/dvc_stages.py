@@ -89,6 +89,26 @@ def plan(root: Path, targets: list[str] | None) -> list[str]:
     return [stage for stage in order if stage in wanted]
 
 
+def concurrency(order: list[str], needs: dict[str, set[str]], parallel: int) -> dict[str, int]:
+    """How many stages of the plan `order` may run at once with each stage (itself included), at most `parallel`:
+    the largest set of stages that contains it and of which none depends on another (directly or not).
+
+    The flow splits the CPU cores by this number. It follows from the plan alone, never from timing, so a stage
+    always trains with the same number of threads in a plan (and so reproduces its numbers).
+    """
+    import networkx as nx
+
+    dag = nx.DiGraph()
+    dag.add_nodes_from(order)
+    dag.add_edges_from((dep, stage) for stage in order for dep in needs[stage] if dep in dag)
+    width = dict.fromkeys(order, 1)
+    if parallel > 1:
+        for group in nx.antichains(nx.transitive_closure_dag(dag)):
+            for stage in group:
+                width[stage] = max(width[stage], min(len(group), parallel))
+    return width
+
+
 def lock_entry(root: Path, stage: str) -> dict[str, Any]:
     """What `dvc.lock` recorded for `stage` in the workspace at `root` (cmd, params, deps, outs); {} if nothing."""
     lock = root / "dvc.lock"

@@ -10,6 +10,13 @@ import os
 from pathlib import Path
 
 PROJECT_ENV = "NVILA_PROJECT_DIR"
+# The CPU threads a stage command's torch may use: a pipeline run splits the cores between the stages it runs at once.
+THREADS_ENV = "NVILA_NUM_THREADS"
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, as a container or `taskset` limits it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def project_dir() -> Path:

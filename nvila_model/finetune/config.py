@@ -43,7 +43,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     precision: str = "auto"  # auto | fp32 | bf16 (train.precision.resolve_precision)
     logging_steps: int = 10
-    num_threads: int = 2
+    num_threads: int | None = None  # None: torch's setting (every core, or a pipeline run's share of them)
     seed: int = 0
 
     def __post_init__(self) -> None:

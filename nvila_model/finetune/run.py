@@ -77,7 +77,8 @@ def run_finetune(cfg: FinetuneConfig, checkpoint: str | Path, data: str | Path, 
     manifest.json to `output` (replacing it only once complete)."""
     tracker = tracker or NullTracker()
     checkpoint, data, final = Path(checkpoint), Path(data), Path(output)
-    torch.set_num_threads(cfg.num_threads)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
     model, processor = load_checkpoint(checkpoint, device=None, allow_quantized=False, task="fine-tune")
     records, dropped = valid_records(data)

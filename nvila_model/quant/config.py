@@ -63,7 +63,7 @@ class QuantizeConfig:
     """The `quantize` stage: what to quantize and how (the checkpoint, calibration data and output are options)."""
 
     seed: int = 0
-    num_threads: int = 2
+    num_threads: int | None = None  # None: torch's setting (every core, or a pipeline run's share of them)
     # auto (cuda when available: the torchao W8A8 backend, AWQ on the GPU) | cpu | cuda[:N]
     device: DeviceSetting = "auto"
     vision: VisionW8A8Config = field(default_factory=VisionW8A8Config)

@@ -106,7 +106,8 @@ def run_quantize(cfg: QuantizeConfig, checkpoint: str | Path, output: str | Path
     calibrating on the records of `calib_manifest`."""
     checkpoint, output, manifest = Path(checkpoint), Path(output), Path(calib_manifest)
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.num_threads)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device, "quantize.device")
     model, processor = load_checkpoint(checkpoint, device, allow_quantized=False, task="quantize")
     meta, tensors = quantize_model(model, processor, cfg, manifest)

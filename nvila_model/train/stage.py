@@ -283,7 +283,8 @@ def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]],
             history, final_loss = summarise_history(trainer.state.log_history)
             processor.save_pretrained(tmp)
             samples_per_s = result.metrics.get("train_samples_per_second", 0.0)
-            run |= {"train_seconds": round(elapsed, 2), "global_steps": trainer.state.global_step,
+            run |= {"train_seconds": round(elapsed, 2), "cpu_threads": torch.get_num_threads(),
+                    "global_steps": trainer.state.global_step,
                     "final_loss": final_loss, "samples_per_s": round(samples_per_s, 3),
                     "skipped_records": len(dataset.failures), "git_revision": git_revision(),
                     "inputs": {k: {"path": v, "sha256": hash_path(v)} for k, v in inputs.items()}}

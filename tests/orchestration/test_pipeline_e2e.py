@@ -104,6 +104,27 @@ def test_a_run_is_an_experiment_and_leaves_the_working_tree_reproducible(runs):
     assert (root / "runs/eval/metrics.json").is_file() and (root / "dvc.lock").is_file()
 
 
+def test_independent_stages_ran_side_by_side_on_their_share_of_the_cores(runs):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.env import cpu_cores
+
+    root, first = runs["root"], runs["first"]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    parent = client.get_run(first["mlflow_run_id"]).info
+    stages = {r.info.run_name: r.info for r in client.search_runs(
+        [parent.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'")}
+    score, pretrain = stages["score"], stages["projector_init"]
+    assert score.start_time < pretrain.end_time and pretrain.start_time < score.end_time, "scoring beside pre-training"
+    assert stages["tokenizer"].end_time <= min(score.start_time, pretrain.start_time)
+    assert max(stages["prune"].end_time, stages["token_pretrain"].end_time) <= stages["image_sft"].start_time
+    rev = _experiments(root)[first["experiment"]]["rev"]
+    threads = {stage: _read(root, f"runs/{stage}/meta.json", rev)["cpu_threads"] for stage in
+               ("projector_init", "token_pretrain", "image_sft")}
+    assert threads["projector_init"] == threads["token_pretrain"] == max(1, cpu_cores() // 2)
+    assert threads["image_sft"] >= threads["projector_init"], "a stage that runs alone has every core"
+
+
 def test_a_second_run_restores_what_is_unchanged_and_trains_on_its_own_subset(runs):
     root, first, second = runs["root"], runs["first"], runs["second"]
     assert [s for s, how in second["stages"].items() if how == "restored"] == list(UPSTREAM_OF_PRUNE)
