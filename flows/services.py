@@ -57,6 +57,23 @@ def prefect_env(port: int, home: str | Path | None = None) -> dict[str, str]:
     }
 
 
+def _die_with(parent: int):
+    """A `preexec_fn` for a server this process owns: the kernel sends it SIGTERM when this process dies (Linux
+    PR_SET_PDEATHSIG), so a run killed with SIGKILL leaves no server behind, whose own session a signal to the run's
+    process group never reaches. Elsewhere nothing: there `stop()` and the next run's clean-up are what remain."""
+
+    def arm() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the owner died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
 def wait_http(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
     """Wait until `url` answers 200; raise if it does not in time or `proc` exits first."""
     deadline = time.monotonic() + timeout
@@ -80,7 +97,8 @@ def start_prefect_server(port: int, home: str | Path | None = None, log: Path | 
     env = {**os.environ, **prefect_env(port, home)}
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns the handle
     proc = subprocess.Popen([_bin("prefect"), "server", "start", "--host", HOST, "--port", str(port)],
-                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_die_with(os.getpid()))
     wait_http(f"http://{HOST}:{port}/api/health", proc=proc)
     return proc
 
@@ -92,7 +110,8 @@ def start_mlflow_server(port: int, root: Path, log: Path | None = None) -> subpr
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     cmd = [_bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", "1",
            "--backend-store-uri", store, "--artifacts-destination", str(root / "mlartifacts")]
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_die_with(os.getpid()))
     wait_http(f"http://{HOST}:{port}/health", proc=proc)
     return proc
 

@@ -36,7 +36,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run, task_run
 
-from tasks.dvc_stages import StageFailed, concurrency, lock_entry, lock_params, out_paths, outs_digest
+from tasks.dvc_stages import (
+    StageFailed,
+    lock_entry,
+    lock_params,
+    out_paths,
+    outs_digest,
+    restorable,
+)
 from tasks.env import THREADS_ENV, cpu_cores
 from tasks.tracking import (
     RUN_ENV,
@@ -224,19 +231,23 @@ def run_stages(order: list[str], needs: dict[str, set[str]], ws: Workspace, run:
                parallel: int) -> list[dict[str, Any]]:
     """Run the plan `order` of the workspace as Prefect tasks (`schedule`); each stage's result, in plan order."""
     return schedule(order, needs, parallel, lambda stage, threads: run_stage.submit(stage, ws, run, threads),
-                    lambda: stop_stages(ws))
+                    lambda: stop_stages(ws), lambda stages: restorable(ws.root, stages))
 
 
 def schedule(order: list[str], needs: dict[str, set[str]], parallel: int, submit: Callable[[str, int | None], Any],
-             stop: Callable[[], None]) -> list[Any]:
+             stop: Callable[[], None], is_restorable: Callable[[list[str]], dict[str, bool]]) -> list[Any]:
     """Start each stage of `order` once the stages it `needs` are done, up to `parallel` at once, in plan order where
-    several are ready: `submit(stage, threads)` returns its future (`add_done_callback`, `result`). A stage that may
-    run beside others (`concurrency`) gets its share of the cores as `threads` (else None: every core). After a
-    failure nothing new starts, what runs finishes (its result is cached for the next run) and the first failure is
-    raised; on an interrupt `stop()` stops what runs, and the interrupt is raised once it has. Returns each stage's
-    result, in plan order."""
-    width = concurrency(order, needs, parallel)
-    threads = {stage: max(1, cpu_cores() // width[stage]) if width[stage] > 1 else None for stage in order}
+    several are ready: `submit(stage, threads)` returns its future (`add_done_callback`, `result`). After a failure
+    nothing new starts, what runs finishes (its result is cached for the next run) and the first failure is raised;
+    on an interrupt `stop()` stops what runs, and the interrupt is raised once it has. Returns each stage's result,
+    in plan order.
+
+    `threads`: the cores are split between the stages that compute at once; a stage that starts while none computes
+    beside it gets None (every core). Whether a stage computes or is restored from DVC's run-cache is asked of
+    `is_restorable` when it starts beside others, so a branch restored in seconds (a variant that changes only the
+    model restores the scoring) does not leave the other on half the cores.
+    """
+    cores = cpu_cores()
     finished: queue.SimpleQueue[str] = queue.SimpleQueue()
     ended: set[str] = set()
 
@@ -244,18 +255,26 @@ def schedule(order: list[str], needs: dict[str, set[str]], parallel: int, submit
         ended.add(stage)
         finished.put(stage)
 
-    waiting, running, results = list(order), {}, {}
+    waiting, running, results, computing = list(order), {}, {}, set()
     failure: BaseException | None = None
     try:
         while waiting or running:
             ready = [s for s in waiting if failure is None and needs[s].issubset(results)]
-            for stage in ready[:max(0, parallel - len(running))]:
+            starting = ready[:max(0, parallel - len(running))]
+            beside = len(starting) > 1 or bool(computing)
+            restored = is_restorable(starting) if beside and starting else dict.fromkeys(starting, False)
+            busy = len(computing) + sum(not r for r in restored.values())
+            for stage in starting:
                 waiting.remove(stage)
-                running[stage] = submit(stage, threads[stage])
+                threads = max(1, cores // busy) if busy > 1 and not restored[stage] else None
+                if not restored[stage]:
+                    computing.add(stage)
+                running[stage] = submit(stage, threads)
                 running[stage].add_done_callback(lambda _, stage=stage: done(stage))
             if not running:
                 break
             stage = finished.get()
+            computing.discard(stage)
             try:
                 results[stage] = running.pop(stage).result()
             except Exception as exc:

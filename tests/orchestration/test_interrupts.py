@@ -1,7 +1,8 @@
 """Ctrl-C and kills, from the command line as a user does it (shrunk pipeline up to token_pretrain):
 - SIGINT to the process group during a training stage: out within seconds, exit 130 with one line saying how to
   resume, the runs marked in MLflow (KILLED) and Prefect (Crashed), nothing left running, the checkpoint kept;
-- SIGKILL of the whole group: the next run marks the dead run and removes its workspace;
+- SIGKILL of the whole group: its Prefect server (in a session of its own) goes too; the next run marks the dead run
+  and removes its workspace;
 - the next run resumes the interrupted stage from its checkpoint and restores the finished ones from the cache.
 """
 
@@ -53,6 +54,21 @@ def _wait_for_checkpoint(root: Path, proc: subprocess.Popen, log: Path, timeout:
 def _descendants_alive(pgid: int) -> list[str]:
     out = subprocess.run(["ps", "-eo", "pgid=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if line.split(None, 1)[0] == str(pgid)]
+
+
+def _servers_of(root: Path) -> list[int]:
+    """Processes of a Prefect server on the project's database (PREFECT_HOME in their environment)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"server" in args and any(b"prefect" in a for a in args) and \
+                f"PREFECT_HOME={root / '.prefect'}".encode() in env:
+            found.append(int(proc.name))
+    return found
 
 
 def _mlflow(root: Path):
@@ -119,8 +135,13 @@ def test_interrupts_and_kills_then_resume(tmp_path: Path) -> None:
         time.sleep(0.2)  # the run is registered: its MLflow and Prefect runs are open
     time.sleep(3)
     assert killed.poll() is None, second_log.read_text()[-3000:]
+    assert _servers_of(root), "the run started its own Prefect server"
     os.killpg(killed.pid, signal.SIGKILL)  # no chance to mark anything
     killed.wait()
+    deadline = time.monotonic() + 30
+    while _servers_of(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _servers_of(root), "the killed run's Prefect server (its own session) went with it"
 
     done = subprocess.run([sys.executable, "-m", "flows.cli", "pipeline", "run", "--no-apply", *STAGES], cwd=root,
                           env=env, capture_output=True, text=True, timeout=1500)
