@@ -59,8 +59,10 @@ MARKER_ENV = "NVILA_STAGE_MARKER"  # the stage command touches this file when it
 TRANSIENT_EXIT = 75  # EX_TEMPFAIL: the stage command met an I/O error worth a retry
 SMALL_OUTPUTS = (".json", ".png", ".md", ".csv", ".txt", ".yaml")
 STOP_GRACE_S = 10.0
-# The stage processes running in each workspace (by its root), for the scheduler to stop on an interrupt.
-_LIVE: dict[str, set[subprocess.Popen]] = {}
+# The stage commands running (each with its workspace's root), for the scheduler to stop on an interrupt, and those
+# it stopped: their tasks end as interrupted, not failed.
+_LIVE: dict[subprocess.Popen, str] = {}
+_STOPPED: set[subprocess.Popen] = set()
 _LIVE_LOCK = threading.Lock()
 
 
@@ -112,9 +114,8 @@ def run_dvc(stage: str, ws: Workspace, env: dict[str, str]) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--quiet", "--single-item",
                              stage], cwd=ws.root, env={**os.environ, **ws.env(), **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
-    live = str(ws.root)
     with _LIVE_LOCK:
-        _LIVE.setdefault(live, set()).add(proc)
+        _LIVE[proc] = str(ws.root)
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -129,8 +130,9 @@ def run_dvc(stage: str, ws: Workspace, env: dict[str, str]) -> None:
         raise
     finally:
         with _LIVE_LOCK:
-            _LIVE[live].discard(proc)
-            stopped = getattr(proc, "stopped", False)
+            del _LIVE[proc]
+            stopped = proc in _STOPPED
+            _STOPPED.discard(proc)
     if stopped:
         raise StageInterrupted(f"stage {stage}: stopped by an interrupt of the run")
     if proc.returncode:
@@ -141,7 +143,6 @@ def stop_process_group(proc: subprocess.Popen) -> None:
     """SIGINT to the stage's process group (it was started in its own session), SIGKILL if it lingers."""
     if proc.poll() is not None:
         return
-    proc.stopped = True  # type: ignore[attr-defined]
     for sig, wait in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
         try:
             os.killpg(proc.pid, sig)
@@ -185,7 +186,8 @@ def stage_tags(stage: str) -> dict[str, str]:
 def stop_stages(ws: Workspace) -> None:
     """Stop every stage command running in the workspace, at once (each gets its grace period in parallel)."""
     with _LIVE_LOCK:
-        procs = list(_LIVE.get(str(ws.root), ()))
+        procs = [proc for proc, root in _LIVE.items() if root == str(ws.root)]
+        _STOPPED.update(procs)
     stoppers = [threading.Thread(target=stop_process_group, args=(proc,)) for proc in procs]
     for thread in stoppers:
         thread.start()
