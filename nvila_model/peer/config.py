@@ -36,7 +36,7 @@ class PeerConfig:
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
     num_video_frames: int = Field(default=8, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # as the NVILA stages: bf16 autocast where supported
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # as the NVILA stages: bf16 autocast where it pays
     logging_steps: int = Field(default=25, ge=1)
     save_steps: int = Field(default=100, ge=1)
     seed: int = Field(default=0, ge=0)
