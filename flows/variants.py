@@ -52,6 +52,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             {**NVILA, "video_sft.num_video_frames": 8, "video_sft.video_pool_size": 1}, group="video"),
     Variant("deltaloss_0.5", "NVILA on the DeltaLoss top half of each subset",
             {**NVILA, "prune.keep_ratio": 0.5, "prune.method": "deltaloss"}, group="data"),
+    Variant("deltaloss_0.5_balanced", "NVILA on the DeltaLoss top half of each answer within each subset",
+            {**NVILA, "prune.keep_ratio": 0.5, "prune.method": "deltaloss", "prune.balance_answers": True},
+            group="data"),
     Variant("random_0.5", "NVILA on a random half of each subset",
             {**NVILA, "prune.keep_ratio": 0.5, "prune.method": "random"}, group="data"),
 )}

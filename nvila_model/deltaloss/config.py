@@ -88,4 +88,7 @@ class PruneConfig:
     keep_ratio: float = Field(default=0.5, gt=0, le=1)  # 1 keeps everything (the all-data reference)
     method: PruneMethod = "deltaloss"
     protected_subsets: list[str] = field(default_factory=list)  # kept whole at every ratio
+    # Rank within each (subset, final answer) and keep the share of each: the subset's answer distribution survives
+    # pruning. Off is the paper's per-subset ranking; see prune.select for why a short-answer corpus may want it.
+    balance_answers: bool = False
     seed: int = Field(default=0, ge=0)  # of the random method

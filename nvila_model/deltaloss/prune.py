@@ -1,4 +1,5 @@
-"""Per-subset pruning: keep each subset's top share by DeltaLoss score (or a seeded random share), protected whole."""
+"""Per-subset pruning: keep each subset's top share by DeltaLoss score (or a seeded random share), protected whole;
+optionally the top share of each answer within the subset (`balance_answers`)."""
 
 from __future__ import annotations
 
@@ -41,17 +42,51 @@ def rank_subset(scores: pd.DataFrame, method: str, subset: str, seed: int) -> li
     raise ValueError(f"prune: unknown method {method!r}")
 
 
-def select(scores: pd.DataFrame, method: str, ratio: float, protected: list[str], seed: int) -> set[str]:
-    """The ids kept at `ratio`: per subset the top `keep_count` by `method`; protected subsets whole.
+def final_answer(record: dict[str, Any]) -> str:
+    """The record's last assistant turn, stripped and lower-cased: the class a short-answer record belongs to."""
+    turns = [t for t in record.get("conversations", []) if t.get("from") == "gpt"]
+    return str(turns[-1].get("value", "")).strip().lower() if turns else ""
+
+
+def select(scores: pd.DataFrame, method: str, ratio: float, protected: list[str], seed: int,
+           answers: dict[str, str] | None = None) -> set[str]:
+    """The ids kept at `ratio`: per subset the top `keep_count` by `method`; protected subsets whole. With
+    `answers` (id -> final answer), per (subset, answer) instead, so each answer keeps its share of the subset.
+
+    Why the option: a score ranks records against each other across answers, and where the scorers have learned
+    the answers' prior better than the images, the prior is what it ranks. On the frontier's corpus, with the
+    bootstrap proxies, the final answer explains 74-83% of the score's variance in the counting, spatial and
+    flashes subsets, and the DeltaLoss top half of `counting` holds two of its four answers mostly (answer entropy
+    0.94 nats against 1.38): SFT on it learns the skewed prior. Ranking within each answer keeps the distribution
+    and leaves the score to choose among records with the same answer.
 
     Orders do not depend on the ratio, so a lower ratio keeps a subset of what a higher one keeps.
     """
     kept: set[str] = set()
     for subset, group in scores.groupby("subset", sort=True):
-        ranked = rank_subset(group, method, str(subset), seed)
-        count = len(ranked) if subset in protected else keep_count(len(ranked), ratio)
-        kept.update(ranked[:count])
+        if subset in protected:
+            kept.update(group["id"])
+            continue
+        strata = [("", group)] if answers is None else group.groupby(group["id"].map(answers), sort=True)
+        for answer, part in strata:
+            ranked = rank_subset(part, method, f"{subset}/{answer}" if answer else str(subset), seed)
+            kept.update(ranked[:keep_count(len(ranked), ratio)])
     return kept
+
+
+def answer_entropy(records: list[dict[str, Any]], kept: set[str]) -> dict[str, dict[str, float]]:
+    """Per subset, the entropy (nats) of the final answers of all its records and of the kept ones: how much a
+    pruning skews what the subset teaches."""
+    def entropy(answers: list[str]) -> float:
+        counts = np.array(list(Counter(answers).values()), dtype=float)
+        p = counts / counts.sum() if counts.size else counts
+        return float(-(p * np.log(p)).sum()) if counts.size else 0.0
+
+    by_subset: dict[str, list[tuple[str, bool]]] = {}
+    for r in records:
+        by_subset.setdefault(str(r.get("subset", "default")), []).append((final_answer(r), str(r["id"]) in kept))
+    return {s: {"all": round(entropy([a for a, _ in rows]), 4), "kept": round(entropy([a for a, k in rows if k]), 4)}
+            for s, rows in sorted(by_subset.items())}
 
 
 def summarize(records: list[dict[str, Any]], kept: set[str], method: str, ratio: float) -> dict[str, Any]:
@@ -67,6 +102,7 @@ def summarize(records: list[dict[str, Any]], kept: set[str], method: str, ratio:
         "num_kept": len(kept),
         "subsets": {s: {"total": total[s], "kept": kept_by[s]} for s in sorted(total)},
         "defects_removed_share": {d: 1 - defects_kept[d] / n for d, n in sorted(defects.items())},
+        "answer_entropy": answer_entropy(records, kept),
     }
 
 
@@ -100,7 +136,8 @@ def run_prune(cfg: PruneConfig, *, data: str | Path, scores: str | Path, out: st
     unknown_protected = sorted(set(cfg.protected_subsets) - set(scored["subset"]))
     if unknown_protected:
         raise ValueError(f"prune.protected_subsets: no such subset(s) {unknown_protected} in {table}")
-    kept = select(scored, cfg.method, cfg.keep_ratio, list(cfg.protected_subsets), cfg.seed)
+    answers = {str(r["id"]): final_answer(r) for r in records} if cfg.balance_answers else None
+    kept = select(scored, cfg.method, cfg.keep_ratio, list(cfg.protected_subsets), cfg.seed, answers)
     summary = summarize(records, kept, cfg.method, cfg.keep_ratio)
     media_root = media_root_for(manifest, None, f"the media root of {data}")
     with staged_output(out) as tmp:

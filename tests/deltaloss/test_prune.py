@@ -109,3 +109,45 @@ def test_bad_inputs_raise(tmp_path):
     with pytest.raises(ValueError, match="1 manifest ids unscored"):
         run_prune(PruneConfig(), **inputs, out=tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+def _answer_skewed_scores() -> tuple[pd.DataFrame, dict[str, str]]:
+    """One subset of 40 records, half answering "yes", half "no"; the score favours every "yes" over every "no" (as a
+    score driven by the scorers' answer prior does)."""
+    rows, answers = [], {}
+    for i in range(40):
+        answer = "yes" if i % 2 else "no"
+        rows.append({"id": f"q-{i:03d}", "subset": "q", "score": (10.0 if answer == "yes" else 0.0) + i / 100})
+        answers[f"q-{i:03d}"] = answer
+    return pd.DataFrame(rows), answers
+
+
+def test_balance_answers_keeps_each_answers_share_and_its_best_records():
+    scores, answers = _answer_skewed_scores()
+    plain = select(scores, "deltaloss", 0.5, protected=[], seed=0)
+    assert {answers[i] for i in plain} == {"yes"}, "per-subset ranking keeps only the favoured answer"
+    balanced = select(scores, "deltaloss", 0.5, protected=[], seed=0, answers=answers)
+    assert sorted(answers[i] for i in balanced).count("no") == 10 == sorted(answers[i] for i in balanced).count("yes")
+    for answer in ("yes", "no"):  # within an answer, the score still chooses
+        mine = scores[scores["id"].map(answers) == answer]
+        kept = mine[mine["id"].isin(balanced)]
+        assert kept["score"].min() > mine[~mine["id"].isin(balanced)]["score"].max()
+    assert select(scores, "deltaloss", 0.3, [], 0, answers) <= balanced, "lower ratios nest"
+
+
+def test_run_prune_balances_answers_and_reports_their_entropy(tmp_path):
+    scores, answers = _answer_skewed_scores()
+    (tmp_path / "validated").mkdir()
+    write_jsonl([{"id": i, "subset": "q", "conversations": [{"from": "human", "value": "?"},
+                                                            {"from": "gpt", "value": f" {a.upper()} "}]}
+                 for i, a in answers.items()], tmp_path / "validated" / "train.jsonl")
+    (tmp_path / "scores").mkdir()
+    scores.to_parquet(tmp_path / "scores" / "scores.parquet")
+    inputs = {"data": tmp_path / "validated", "scores": tmp_path / "scores"}
+    skewed = json.loads((run_prune(PruneConfig(keep_ratio=0.5), **inputs, out=tmp_path / "a") / "summary.json"
+                         ).read_text())["answer_entropy"]["q"]
+    assert skewed == {"all": pytest.approx(np.log(2), abs=1e-4), "kept": 0.0}
+    point = run_prune(PruneConfig(keep_ratio=0.5, balance_answers=True), **inputs, out=tmp_path / "b")
+    assert json.loads((point / "summary.json").read_text())["answer_entropy"]["q"]["kept"] == pytest.approx(
+        np.log(2), abs=1e-4)
+    assert len(read_manifest(point / "train.jsonl")) == 20

@@ -44,11 +44,12 @@ def test_every_variant_passes_the_params_check(quick: bool) -> None:
     assert seen["nvila_lite_no_vep"]["vision_pretrain"]["enabled"] is False
     assert seen["nvila"]["prune"]["keep_ratio"] == 1.0, "the reference trains on all data"
     assert (seen["deltaloss_0.5"]["prune"]["method"], seen["random_0.5"]["prune"]["method"]) == ("deltaloss", "random")
+    assert [seen[n]["prune"]["balance_answers"] for n in ("deltaloss_0.5", "deltaloss_0.5_balanced")] == [False, True]
     dense, sparse = seen["nvila"]["video_sft"], seen["sparse_frames"]["video_sft"]
     assert dense["num_video_frames"] // dense["video_pool_size"] == sparse["num_video_frames"] // sparse[
         "video_pool_size"] and dense["num_video_frames"] > sparse["num_video_frames"], "equal tokens, more frames"
     assert seen["nvila"]["score"]["bootstrap"]["folds"] >= 2, "scores come from proxies that did not see the record"
-    for name in ("nvila", "deltaloss_0.5", "random_0.5", "sparse_frames"):  # share everything up to prune
+    for name in ("nvila", "deltaloss_0.5", "deltaloss_0.5_balanced", "random_0.5", "sparse_frames"):  # up to prune
         assert seen[name]["model"] == seen[REFERENCE]["model"] and seen[name]["score"] == seen[REFERENCE]["score"]
 
 
