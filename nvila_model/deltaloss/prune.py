@@ -74,23 +74,29 @@ def select(scores: pd.DataFrame, method: str, ratio: float, protected: list[str]
     return kept
 
 
-def answer_entropy(records: list[dict[str, Any]], kept: set[str]) -> dict[str, dict[str, float]]:
-    """Per subset, the entropy (nats) of the final answers of all its records and of the kept ones: how much a
-    pruning skews what the subset teaches."""
-    def entropy(answers: list[str]) -> float:
-        counts = np.array(list(Counter(answers).values()), dtype=float)
-        p = counts / counts.sum() if counts.size else counts
-        return float(-(p * np.log(p)).sum()) if counts.size else 0.0
+def _entropy(values: list[str]) -> float:
+    """Entropy (nats) of the empirical distribution of `values`; 0 for none."""
+    if not values:
+        return 0.0
+    p = np.array(list(Counter(values).values()), dtype=float) / len(values)
+    return float(-(p * np.log(p)).sum())
 
-    by_subset: dict[str, list[tuple[str, bool]]] = {}
+
+def answer_entropy(records: list[dict[str, Any]], kept: set[str],
+                   answers: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Per subset, the entropy of the final answers (`answers`: id -> answer) of all its records and of the kept
+    ones: how much a pruning skews what the subset teaches."""
+    by_subset: dict[str, list[str]] = {}
     for r in records:
-        by_subset.setdefault(str(r.get("subset", "default")), []).append((final_answer(r), str(r["id"]) in kept))
-    return {s: {"all": round(entropy([a for a, _ in rows]), 4), "kept": round(entropy([a for a, k in rows if k]), 4)}
-            for s, rows in sorted(by_subset.items())}
+        by_subset.setdefault(str(r.get("subset", "default")), []).append(str(r["id"]))
+    return {s: {"all": round(_entropy([answers[i] for i in ids]), 4),
+                "kept": round(_entropy([answers[i] for i in ids if i in kept]), 4)}
+            for s, ids in sorted(by_subset.items())}
 
 
-def summarize(records: list[dict[str, Any]], kept: set[str], method: str, ratio: float) -> dict[str, Any]:
-    """Kept counts per subset, and for injected defects the share of them the pruning removed."""
+def summarize(records: list[dict[str, Any]], kept: set[str], method: str, ratio: float,
+              answers: dict[str, str]) -> dict[str, Any]:
+    """Kept counts per subset, for injected defects the share of them the pruning removed, and the answer entropy."""
     total = Counter(str(r.get("subset", "default")) for r in records)
     kept_by = Counter(str(r.get("subset", "default")) for r in records if str(r["id"]) in kept)
     defects = Counter(str(r["defect"]) for r in records if r.get("defect"))
@@ -102,7 +108,7 @@ def summarize(records: list[dict[str, Any]], kept: set[str], method: str, ratio:
         "num_kept": len(kept),
         "subsets": {s: {"total": total[s], "kept": kept_by[s]} for s in sorted(total)},
         "defects_removed_share": {d: 1 - defects_kept[d] / n for d, n in sorted(defects.items())},
-        "answer_entropy": answer_entropy(records, kept),
+        "answer_entropy": answer_entropy(records, kept, answers),
     }
 
 
@@ -136,9 +142,10 @@ def run_prune(cfg: PruneConfig, *, data: str | Path, scores: str | Path, out: st
     unknown_protected = sorted(set(cfg.protected_subsets) - set(scored["subset"]))
     if unknown_protected:
         raise ValueError(f"prune.protected_subsets: no such subset(s) {unknown_protected} in {table}")
-    answers = {str(r["id"]): final_answer(r) for r in records} if cfg.balance_answers else None
-    kept = select(scored, cfg.method, cfg.keep_ratio, list(cfg.protected_subsets), cfg.seed, answers)
-    summary = summarize(records, kept, cfg.method, cfg.keep_ratio)
+    answers = {str(r["id"]): final_answer(r) for r in records}
+    kept = select(scored, cfg.method, cfg.keep_ratio, list(cfg.protected_subsets), cfg.seed,
+                  answers if cfg.balance_answers else None)
+    summary = summarize(records, kept, cfg.method, cfg.keep_ratio, answers)
     media_root = media_root_for(manifest, None, f"the media root of {data}")
     with staged_output(out) as tmp:
         write_jsonl([r for r in records if str(r["id"]) in kept], tmp / TRAIN_MANIFEST)
