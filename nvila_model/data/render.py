@@ -19,6 +19,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((250, 250, 250), (232, 232, 232), (214, 214, 220))
 INK: tuple[int, int, int] = (20, 20, 20)
+# Byte-reproducible H.264 of the synthetic videos (see write_mp4 for why MB-tree is off).
+X264_OPTIONS = {"threads": "1", "preset": "veryfast", "crf": "10", "x264-params": "mbtree=0"}
 
 
 def canvas(width: int, height: int, bg: list[int] | tuple[int, ...]) -> Image.Image:
@@ -91,15 +93,18 @@ def save_png(img: Image.Image, path: Path) -> None:
 def write_mp4(frames_FHW3: np.ndarray, path: Path, fps: int = 8) -> None:
     """Encode uint8 RGB frames [F, H, W, 3] (even H and W) as H.264 MP4, byte-reproducibly.
 
-    libx264 with one thread and a fixed preset is deterministic, and the mp4 muxer writes no creation time
-    unless asked, so the same frames give the same file with the same PyAV / FFmpeg build.
+    libx264 with one thread, a fixed preset and no MB-tree is deterministic, and the mp4 muxer writes no creation
+    time unless asked, so the same frames give the same file with the same PyAV / FFmpeg build. MB-tree (on in
+    every preset from veryfast up) is not: on small frames such as 56x42 its lookahead gave a different bitstream in
+    about one encode of sixteen (PyAV 18.1, libx264 asm on; with asm=0 or mbtree=0 every encode matched), so one
+    video of a regenerated corpus could differ from the first run's and change the corpus's DVC hash.
     """
     num_frames, height, width, _ = frames_FHW3.shape
     if height % 2 or width % 2:
         raise ValueError(f"{path}: video frames must have even sides for yuv420p, got {width}x{height}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"threads": "1", "preset": "veryfast", "crf": "10"})
+        stream = container.add_stream("libx264", rate=fps, options=X264_OPTIONS)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for frame_HW3 in frames_FHW3:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HW3), format="rgb24")):

@@ -15,6 +15,8 @@ def score(
     out: Path = typer.Option(..., "--out", help="the scores folder to write"),
     scorers: Path = typer.Option(..., "--scorers", help="where the bootstrap proxy scorers are trained"),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="the tokenizer folder (for the bootstrap proxies)"),
+    media_root: Path | None = typer.Option(None, "--media-root", help="the folder the records' media paths are "
+                                           "relative to (default: the one the corpus's manifest.json names)"),
     params: Path = PARAMS,
 ) -> None:
     """DeltaLoss-score every training record with a small and a large model on a Ray actor pool.
@@ -29,7 +31,7 @@ def score(
     from nvila_model.tracking import current_tracker
 
     typer.echo(run_score(load_config("score", params), data=data, out=out, scorers=scorers, tokenizer=tokenizer,
-                         tracker=current_tracker()))
+                         media_root=media_root, tracker=current_tracker()))
 
 
 def prune(

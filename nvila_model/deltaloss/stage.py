@@ -106,17 +106,21 @@ def scorer_pairs(cfg: ScoreConfig, records: list[dict[str, Any]], media_root: Pa
 
 
 def run_score(cfg: ScoreConfig, *, data: str | Path, out: str | Path, scorers: str | Path,
-              tokenizer: str | Path, tracker: Tracker | None = None) -> Path:
+              tokenizer: str | Path, media_root: str | Path | None = None, tracker: Tracker | None = None) -> Path:
     """Score the train split of the corpus `data` with the configured checkpoints, or with proxies trained into
     `scorers` (from the `tokenizer`) when none are configured (per fold when `score.bootstrap.folds` > 1: no record
-    is then scored by a proxy that trained on it); write the table, histograms and summary to `out`."""
+    is then scored by a proxy that trained on it); write the table, histograms and summary to `out`.
+
+    `media_root` None: the folder the corpus's manifest.json names. The pipeline passes it, so the scores depend on
+    the train records and their media only: a validation setting that keeps the same records (e.g. a token limit
+    raised with the model's token count) restores them from the cache instead of scoring again."""
     tracker = tracker or NullTracker()
     manifest = Path(data) / TRAIN_MANIFEST
     records = read_manifest(manifest)
     if cfg.max_samples is not None:
         records = records[: cfg.max_samples]
     check_ids(records, manifest)
-    media_root = media_root_for(manifest, None, f"the media root of {data}").resolve()
+    media_root = media_root_for(manifest, media_root, "score --media-root").resolve()
     pairs = scorer_pairs(cfg, records, media_root, tokenizer, scorers)
     Path(scorers).mkdir(parents=True, exist_ok=True)  # which scorers were used, beside any trained proxies
     used = [{"small": str(small), "large": str(large), "num_scored": len(scored)} for small, large, scored in pairs]

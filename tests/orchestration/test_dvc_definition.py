@@ -40,6 +40,20 @@ def test_every_stage_runs_an_nvila_command_on_params_the_library_knows() -> None
         assert all(p.startswith("${paths.") for p in data_paths), f"{name}: paths are written once, in vars"
 
 
+def test_score_depends_on_the_records_and_their_media_not_on_validations_settings() -> None:
+    """Validation writes its settings into its folder (manifest.json): a setting that keeps the same records, such as
+    the frontier's s2_uncompressed raising the token limit with the model's token count, must not re-score."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        stages = {s.name: s for s in repo.index.stages}
+    data = {d.def_path for d in stages["score"].deps if not d.def_path.startswith(("nvila_model", "params"))}
+    validated = stages["validate"].outs[0].def_path
+    raw = next(d.def_path for d in stages["validate"].deps if d.def_path.startswith("data"))
+    assert data == {f"{validated}/train.jsonl", raw, "runs/tokenizer"}
+    assert f"--media-root {raw}" in stages["score"].cmd, "given, not read from validation's manifest.json"
+
+
 def test_run_parameters_become_params_settings() -> None:
     settings = run_overrides({"preset": "small", "seed": None, "keep_ratio": 0.7, "prune_method": None},
                              {"image_sft.epochs": 2, "prune.keep_ratio": 0.3})

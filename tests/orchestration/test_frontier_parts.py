@@ -207,7 +207,10 @@ def test_every_variants_validation_keeps_the_many_tile_images_of_the_quick_corpu
     subsets = {**data["generate"]["subsets"], **{name: {"enabled": False} for name in DEFAULT_SUBSETS
                                                  if name not in ("chart", "text")}}
     raw = run_generate(GenerateConfig(**{**data["generate"], "subsets": subsets}), tmp_path / "raw")
+    records = set()
     for name, data in runs.values():
         out = run_validate(ValidateConfig(**data["validate"]), raw, tmp_path / name, model_params=ModelParams(
             **data["model"]))
         assert json.loads((out / "summary.json").read_text())["quarantined"] == 0, name
+        records.add((out / "train.jsonl").read_bytes())
+    assert len(runs) > 1 and len(records) == 1, "every variant scores the same records: the frontier scores once"

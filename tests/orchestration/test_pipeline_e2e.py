@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.orchestration.conftest import git_project, point_env_at
 
@@ -181,6 +182,9 @@ def test_a_rerun_reproduces_the_weights_and_scores_bit_for_bit(runs):
     root, first, rerun = runs["root"], runs["first"], runs["rerun"]
     assert rerun["stages"] == dict.fromkeys(("generate", "validate", "tokenizer", "score", "projector_init"), "ran")
     revs = {name: exp["rev"] for name, exp in _experiments(root).items()}
+    corpus = [yaml.safe_load(dvc.api.read("dvc.lock", repo=str(root), rev=revs[run["experiment"]]))
+              ["stages"]["generate"]["outs"] for run in (first, rerun)]
+    assert corpus[0] == corpus[1], "the generated corpus differs between two runs of the same pipeline"
     for path in RECOMPUTED:
         blobs = [dvc.api.read(path, repo=str(root), rev=revs[run["experiment"]], mode="rb") for run in (first, rerun)]
         assert blobs[0] == blobs[1], f"{path} differs between two runs of the same pipeline"
