@@ -183,9 +183,12 @@ def resolve(spec: str) -> Callable[[], object]:
     return getattr(importlib.import_module(module), name)
 
 
-def serve(path: str, target: str, preload: tuple[str, ...] = PRELOAD) -> None:
+def serve(path: str, target: str, preload: tuple[str, ...] = PRELOAD, parent: int | None = None) -> None:
     """Listen at `path` (at once, so early clients queue), import `preload`, then fork a child per connection that
-    runs `target` (`module:function`; imported in the child, so project code loads there)."""
+    runs `target` (`module:function`; imported in the child, so project code loads there). It stops when its parent
+    process, `parent` (the run that started it), is gone: given by the launcher, since a run killed while this process
+    still starts or imports would otherwise leave it adopted by init, waiting for a parent that never changes again."""
+    parent = parent or os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
@@ -196,7 +199,6 @@ def serve(path: str, target: str, preload: tuple[str, ...] = PRELOAD) -> None:
     for name in preload:
         importlib.import_module(name)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel; their status goes by socket
-    parent = os.getppid()
     listener.settimeout(PARENT_CHECK_S)
     while os.getppid() == parent:  # a run killed with SIGKILL can not stop its server: it stops on its own
         try:
@@ -221,7 +223,7 @@ def serving(env: dict[str, str], target: str = "flows.cli:main",
         return
     folder = tempfile.mkdtemp(prefix="nvila-warm-")  # short: a socket path must stay under 108 bytes
     path = os.path.join(folder, "s")
-    code = f"from tasks.warm import serve; serve({path!r}, {target!r}, {tuple(preload)!r})"
+    code = f"from tasks.warm import serve; serve({path!r}, {target!r}, {tuple(preload)!r}, {os.getpid()})"
     server = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, start_new_session=True)
     try:

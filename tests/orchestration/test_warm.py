@@ -89,12 +89,16 @@ def test_a_caller_with_another_import_environment_is_told_to_start_cold(server, 
     assert "can not run this command (PYTHONHASHSEED differ from the server's); starting cold" in done.stderr
 
 
-def test_the_server_stops_when_the_run_that_started_it_is_killed(tmp_path):
+@pytest.mark.parametrize("preload", [(), ("slow_import",)], ids=["serving", "still-importing"])
+def test_the_server_stops_when_the_run_that_started_it_is_killed(tmp_path, preload):
+    """Also when the run dies while the server still imports its libraries (seconds for torch): the server was then
+    adopted by init before it looked at its parent, and once outlived a killed test run by minutes."""
+    (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(3)\n")
     code = ("import sys, time\nfrom tasks.warm import serving\n"
-            "with serving({}, target=sys.argv[1], preload=()) as env:\n"
+            f"with serving({{}}, target=sys.argv[1], preload={preload!r}) as env:\n"
             "    print(env['NVILA_WARM_SOCKET'], flush=True)\n    time.sleep(600)\n")
-    run = subprocess.Popen([sys.executable, "-c", code, TARGET], env={**os.environ, "PYTHONPATH": str(REPO)},
-                           stdout=subprocess.PIPE, text=True)
+    run = subprocess.Popen([sys.executable, "-c", code, TARGET], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"})
     assert run.stdout is not None
     socket_path = run.stdout.readline().strip()
     ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
