@@ -183,12 +183,11 @@ def resolve(spec: str) -> Callable[[], object]:
     return getattr(importlib.import_module(module), name)
 
 
-def serve(path: str, target: str, preload: tuple[str, ...] = PRELOAD, parent: int | None = None) -> None:
+def serve(path: str, target: str, preload: tuple[str, ...], parent: int) -> None:
     """Listen at `path` (at once, so early clients queue), import `preload`, then fork a child per connection that
     runs `target` (`module:function`; imported in the child, so project code loads there). It stops when its parent
     process, `parent` (the run that started it), is gone: given by the launcher, since a run killed while this process
     still starts or imports would otherwise leave it adopted by init, waiting for a parent that never changes again."""
-    parent = parent or os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
