@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,47 +87,6 @@ def plan(root: Path, targets: list[str] | None) -> list[str]:
             wanted.add(stage)
             todo.extend(needs[stage])
     return [stage for stage in order if stage in wanted]
-
-
-def restorable(root: Path, stages: list[str]) -> dict[str, bool]:
-    """Whether DVC would restore each of `stages` (whose inputs must exist) in the project at `root` instead of
-    running it: unchanged since its `dvc.lock` entry, or the run-cache holds a run with the same command, params and
-    input hashes whose outputs are in the cache. Asked in a child process in `root`: DVC's stage API reads paths
-    against the working folder (about 1.5 s)."""
-    code = ("import json, sys; from tasks.dvc_stages import _restorable_here; "
-            "print(json.dumps(_restorable_here(sys.argv[1:])))")
-    proc = subprocess.run([sys.executable, "-P", "-c", code, *stages], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    if proc.returncode:
-        raise RuntimeError(f"asking DVC's run-cache about {stages} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _restorable_here(stages: list[str]) -> dict[str, bool]:
-    """`restorable` for the project in the working folder."""
-    import logging
-
-    from dvc.repo import Repo
-    from dvc.stage.cache import RunCacheNotFoundError
-    from dvc_data.hashfile.hash_info import HashInfo
-
-    logging.getLogger("dvc").setLevel(logging.WARNING)  # DVC logs "Stage ... is cached" for a dry restore too
-    out = {}
-    with Repo(".", _wait_for_lock=True) as repo, repo.lock:
-        for name in stages:
-            (stage,) = repo.stage.collect(name)
-            if not stage.changed():  # `dvc repro` skips it
-                out[name] = True
-                continue
-            try:
-                stage.save_deps()  # the inputs' hashes now: the run-cache's key
-                for output in stage.outs:  # forget dvc.lock's outputs, so the run-cache is what answers
-                    output.hash_info = HashInfo()
-                repo.stage_cache.restore(stage, dry=True)
-                out[name] = True
-            except (RunCacheNotFoundError, FileNotFoundError):
-                out[name] = False
-    return out
 
 
 def lock_entry(root: Path, stage: str) -> dict[str, Any]:

@@ -1,11 +1,10 @@
-"""The flow's stage scheduler: independent stages at once (the cores split between those that compute), dependencies
-first, plan order among the ready ones; after a failure nothing new starts and the first failure is raised; an
-interrupt stops what runs. Real threads stand in for the Prefect tasks (`submit` returns a `concurrent.futures.Future`);
-whether DVC would restore a stage is asked of a real DVC project."""
+"""The flow's stage scheduler: independent stages at once, each with the torch threads the stage graph gives it (never
+what happens to run beside it), dependencies first, plan order among the ready ones; after a failure nothing new
+starts and the first failure is raised; an interrupt stops what runs. Real threads stand in for the Prefect tasks
+(`submit` returns a `concurrent.futures.Future`)."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.dvc_stages import restorable, stage_graph
-from tasks.stage_task import schedule
+from tasks.dvc_stages import stage_graph
+from tasks.stage_task import schedule, stage_threads
 
 REPO = Path(__file__).resolve().parents[2]
 # generate -> {score -> prune, projector_init -> token_pretrain} -> sft -> {eval, finetune -> eval_finetuned}
@@ -22,10 +21,6 @@ NEEDS = {"generate": set(), "score": {"generate"}, "prune": {"score"}, "projecto
          "token_pretrain": {"projector_init"}, "sft": {"prune", "token_pretrain"}, "eval": {"sft"},
          "finetune": {"sft"}, "eval_finetuned": {"finetune"}}
 ORDER = list(NEEDS)
-
-
-def nothing_restored(stages: list[str]) -> dict[str, bool]:
-    return dict.fromkeys(stages, False)
 
 
 class Recorder:
@@ -63,7 +58,7 @@ class Recorder:
 def test_independent_stages_run_at_once_after_what_they_need(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tasks.stage_task.cpu_cores", lambda: 4)
     rec = Recorder({"score": 0.4, "projector_init": 0.1, "token_pretrain": 0.1})
-    results = schedule(ORDER, NEEDS, 2, rec.submit, lambda: None, nothing_restored)
+    results = schedule(ORDER, NEEDS, 2, rec.submit, lambda: None)
     assert results == [f"{stage} done" for stage in ORDER]
     assert rec.most_at_once() == 2
     at = {event[:2]: i for i, event in enumerate(rec.log)}
@@ -79,34 +74,46 @@ def test_independent_stages_run_at_once_after_what_they_need(monkeypatch: pytest
 def test_the_pipelines_scoring_runs_beside_its_pre_training() -> None:
     order, needs = stage_graph(REPO)
     rec = Recorder({"score": 0.3})
-    schedule(order, needs, 2, rec.submit, lambda: None, nothing_restored)
+    schedule(order, needs, 2, rec.submit, lambda: None)
     at = {event[:2]: i for i, event in enumerate(rec.log)}
     for stage in ("projector_init", "vision_pretrain", "token_pretrain"):
         assert at[("start", "score")] < at[("end", stage)] < at[("end", "score")], stage
     assert at[("end", "token_pretrain")] < at[("start", "image_sft")] and rec.most_at_once() == 2
 
 
-def test_a_branch_the_run_cache_restores_leaves_the_other_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stages_threads_follow_from_the_graph_not_from_what_runs_beside_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tasks.stage_task.cpu_cores", lambda: 2)
-    asked = []
-
-    def scoring_cached(stages: list[str]) -> dict[str, bool]:
-        asked.append(list(stages))
-        return {stage: stage in ("score", "prune") for stage in stages}
-
+    expected = {"generate": None, "sft": None, **dict.fromkeys(
+        ("score", "prune", "projector_init", "token_pretrain", "eval", "finetune", "eval_finetuned"), 1)}
+    assert stage_threads(NEEDS, 2, 2) == expected
+    # a run of the pre-training chain alone (score not in its plan) computes it as the full run does
+    rec = Recorder({})
+    schedule(["generate", "projector_init", "token_pretrain"], NEEDS, 2, rec.submit, lambda: None)
+    assert [(stage, t) for event, stage, t in rec.log if event == "start"] == [
+        ("generate", None), ("projector_init", 1), ("token_pretrain", 1)]
+    # and so does a full run where scoring ends long before the chain does (it does not get the freed core)
     rec = Recorder({"projector_init": 0.2, "token_pretrain": 0.2})
-    schedule(ORDER, NEEDS, 2, rec.submit, lambda: None, scoring_cached)
-    threads = {stage: t for event, stage, t in rec.log if event == "start"}
-    assert threads["projector_init"] is None and threads["token_pretrain"] is None, "alone in computing: every core"
-    assert threads["eval"] == threads["finetune"] == 1, "eval and fine-tune both compute: one core each"
-    assert asked[0] == ["score", "projector_init"], "asked when stages start beside each other"
-    assert ["generate"] not in asked and ["sft"] not in asked, "a stage that starts alone is not asked about"
+    schedule(ORDER, NEEDS, 2, rec.submit, lambda: None)
+    at = {event[:2]: i for i, event in enumerate(rec.log)}
+    assert at[("end", "prune")] < at[("start", "token_pretrain")]
+    assert {stage: t for event, stage, t in rec.log if event == "start"} == expected
+
+
+def test_the_pipelines_stages_that_can_run_at_once_share_the_cores() -> None:
+    _, needs = stage_graph(REPO)
+    threads = stage_threads(needs, 2, 2)
+    shared = {stage for stage, t in threads.items() if t == 1}
+    assert shared == {"score", "prune", "projector_init", "vision_pretrain", "token_pretrain", "eval", "finetune",
+                      "quantize", "eval_quantized"}
+    assert {threads[s] for s in ("generate", "validate", "tokenizer", "image_sft", "video_sft")} == {None}
+    assert set(stage_threads(needs, 1, 2).values()) == {None}, "one stage at a time: every core"
+    assert set(stage_threads(needs, 2, 8).values()) == {4, None}
 
 
 def test_one_at_a_time_when_parallel_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tasks.stage_task.cpu_cores", lambda: 2)
     rec = Recorder({})
-    schedule(ORDER, NEEDS, 1, rec.submit, lambda: None, nothing_restored)
+    schedule(ORDER, NEEDS, 1, rec.submit, lambda: None)
     assert rec.most_at_once() == 1 and rec.started() == ORDER
     assert {t for _, _, t in rec.log} == {None}
 
@@ -114,7 +121,7 @@ def test_one_at_a_time_when_parallel_is_one(monkeypatch: pytest.MonkeyPatch) -> 
 def test_after_a_failure_nothing_new_starts_what_runs_finishes_and_the_failure_is_raised() -> None:
     rec = Recorder({"score": 0.05, "projector_init": 0.3}, fail={"score"})
     with pytest.raises(RuntimeError, match="stage score failed"):
-        schedule(ORDER, NEEDS, 2, rec.submit, lambda: None, nothing_restored)
+        schedule(ORDER, NEEDS, 2, rec.submit, lambda: None)
     assert rec.started() == ["generate", "score", "projector_init"]
     assert ("end", "projector_init") in [e[:2] for e in rec.log], "the running stage finished before the raise"
 
@@ -136,29 +143,7 @@ def test_an_interrupt_stops_the_running_stages_before_it_is_raised() -> None:
 
     began = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        schedule(ORDER, NEEDS, 2, submit, stopped.set, nothing_restored)
+        schedule(ORDER, NEEDS, 2, submit, stopped.set)
     assert time.monotonic() - began < 5, "the scheduler stopped the running stage instead of waiting it out"
     assert log[-1] == ("end", "score"), "raised only once the running stage had ended"
     assert [stage for event, stage in log if event == "start"] == ["generate", "score", "projector_init"]
-
-
-def test_restorable_asks_dvcs_run_cache(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    root = tmp_path / "repo"
-    root.mkdir()
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
-    (root / "dvc.yaml").write_text("stages:\n  copy:\n    cmd: cp in.txt out.txt\n    deps: [in.txt]\n"
-                                   "    outs: [out.txt]\n")
-    (root / "in.txt").write_text("one")
-    assert restorable(root, ["copy"]) == {"copy": False}, "never ran"
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=root, check=True, env={**os.environ, **env})
-    assert restorable(root, ["copy"]) == {"copy": True}, "unchanged"
-    (root / "in.txt").write_text("three")
-    assert restorable(root, ["copy"]) == {"copy": False}, "an input changed"
-    (root / "in.txt").write_text("one")
-    (root / "out.txt").unlink()
-    assert restorable(root, ["copy"]) == {"copy": True}, "the run-cache has a run with these inputs"
