@@ -241,8 +241,8 @@ def stage_threads(needs: dict[str, set[str]], parallel: int, cores: int) -> dict
     they can run at once; None (every core) for the others, and for all when stages run one at a time.
 
     A one-thread and a two-thread training differ in the last bits, and a few hundred steps turn that into a
-    different model (make run's pipeline: mean accuracy 0.537 against 0.511 for the same settings, once with
-    projector_init computed alone by an earlier partial run). So the count follows from the stage graph only:
+    different model (the same settings gave mean accuracy 0.537 with a projector_init restored from a partial run
+    that computed it alone, 0.511 with it computed beside the scoring). So the count follows from the graph only:
     never from what happens to run beside a stage, which depends on timing, on the run's targets and on what the
     run-cache already holds. A stage then computes the same bits in every run, partial or full."""
     ancestors: dict[str, set[str]] = {}
