@@ -61,6 +61,15 @@ def chains(data: dict[str, Any], registered_model: str) -> list[dict[str, str]]:
              "registered": registered_model and f"nvila-{name}"} for name in data["init_checkpoints"]] + peers
 
 
+def thread_graph(root: Path, order: list[str], every_target: list[str] | None) -> dict[str, set[str]]:
+    """The stage graph each stage's threads follow from (`stage_threads`): what a run of every stage computes with
+    the workspace's params (every stage of dvc.yaml, or with `init_checkpoints` the imported chains: `every_target`
+    and what they need), plus the run's own plan. So a partial run computes a stage as the full run does, and an
+    imported chain is not held to a share of the cores by from-scratch stages that never run beside it."""
+    needs = stage_graph(root)[1]
+    return {stage: needs[stage] for stage in {*plan(root, every_target), *order}}
+
+
 def effective_params(data: dict[str, Any], stages: list[str]) -> dict[str, Any]:
     """The parent run's params: each flow parameter's effective value, and every setting of the run's params file."""
     library = {k: v for k, v in data.items() if k not in (*ORCHESTRATION_KEYS, "train_defaults")}
@@ -141,7 +150,8 @@ def nvila_pipeline(
         settings[f"init_checkpoints.{valid_name(folder.name, strict=True)}"] = str(folder)
     data = check_params(project / params_file, settings)
     models = chains(data, registered_model)
-    targets = list(stages) if stages != "all" else [s for m in models for s in (m["eval"], m["eval_quantized"]) if s]
+    every_target = [s for m in models for s in (m["eval"], m["eval_quantized"]) if s]
+    targets = list(stages) if stages != "all" else every_target
     name = valid_name(str(flow_run.name or "nvila-run"))
     check_writable(project, [p for p in (tracking_file(),) if p is not None])
     liveness.reap_stale(project)
@@ -160,7 +170,8 @@ def nvila_pipeline(
             with serving(ws.env()) as launch:  # stage commands fork from a process with the libraries imported
                 staged = dataclasses.replace(ws, launch=tuple(launch.items()))
                 parallel = parse(PipelineConfig, data.get("pipeline"), f"{params_file}: pipeline").parallel_stages
-                results = run_stages(order, stage_graph(ws.root)[1], staged, run, parallel)
+                graph = thread_graph(ws.root, order, every_target if data["init_checkpoints"] else None)
+                results = run_stages(order, graph, staged, run, parallel)
             exp = save_experiment(ws, order)
             tags = {"dvc.experiment": exp, **dvc_lock_hashes(ws.root)}
             columns = _report(run, ws, order, results, exp, models, best_metric)

@@ -236,9 +236,10 @@ def run_stages(order: list[str], needs: dict[str, set[str]], ws: Workspace, run:
 
 
 def stage_threads(needs: dict[str, set[str]], parallel: int, cores: int) -> dict[str, int | None]:
-    """The torch threads of each stage of the graph `needs` (every stage of dvc.yaml, not only a run's plan): a
-    share of the cores (`cores // parallel`) for a stage that some other stage neither needs nor follows, so that
-    they can run at once; None (every core) for the others, and for all when stages run one at a time.
+    """The torch threads of each stage of the graph `needs` (what a run of every stage computes, not only a partial
+    run's plan): a share of the cores (`cores // parallel`) for a stage that some other stage neither needs nor
+    follows, so that they can run at once; None (every core) for the others, and for all when stages run one at a
+    time.
 
     A one-thread and a two-thread training differ in the last bits, and a few hundred steps turn that into a
     different model (the same settings gave mean accuracy 0.537 with a projector_init restored from a partial run
@@ -262,9 +263,9 @@ def schedule(order: list[str], needs: dict[str, set[str]], parallel: int, submit
              stop: Callable[[], None]) -> list[Any]:
     """Start each stage of `order` once the stages it `needs` are done, up to `parallel` at once, in plan order where
     several are ready: `submit(stage, threads)` returns its future (`add_done_callback`, `result`), `threads` from
-    `stage_threads` over the whole graph `needs`. After a failure nothing new starts, what runs finishes (its result
-    is cached for the next run) and the first failure is raised; on an interrupt `stop()` stops what runs, and the
-    interrupt is raised once it has. Returns each stage's result, in plan order.
+    `stage_threads` over the whole graph `needs` (a superset of `order`). After a failure nothing new starts, what
+    runs finishes (its result is cached for the next run) and the first failure is raised; on an interrupt `stop()`
+    stops what runs, and the interrupt is raised once it has. Returns each stage's result, in plan order.
     """
     finished: queue.SimpleQueue[str] = queue.SimpleQueue()
     ended: set[str] = set()

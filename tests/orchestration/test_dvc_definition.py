@@ -94,3 +94,34 @@ def test_the_stages_are_read_again_when_dvc_yaml_or_params_change(tmp_path: Path
     assert output_dir(tmp_path, "eval") == tmp_path.resolve() / "runs/evaluation"
     with pytest.raises(ValueError, match="'nonsense' is not a stage of"):
         out_paths(tmp_path, "nonsense")
+
+
+def test_a_stages_threads_follow_from_what_a_full_run_with_these_params_computes(tmp_path: Path) -> None:
+    """From scratch: every stage of dvc.yaml, so a partial run keeps the full run's shares. With a released
+    checkpoint to adapt, the imported chain alone: the from-scratch stages never run beside it."""
+    from dvc.repo import Repo
+
+    from flows.pipeline import thread_graph
+    from tasks.stage_task import stage_threads
+
+    released, tmp_path = tmp_path / "released", tmp_path / "project"
+    released.mkdir()
+    tmp_path.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    Repo.init(str(tmp_path), no_scm=True).close()
+    partial = plan(tmp_path, ["projector_init"])
+    graph = thread_graph(tmp_path, partial, None)
+    assert set(graph) == set(stage_graph(tmp_path)[0])
+    assert stage_threads(graph, 2, 2)["projector_init"] == 1, "scoring could run beside it in a full run"
+
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "init_checkpoints": {"rel": str(released)}}))
+    targets = ["eval_imported@rel", "eval_quantized_imported@rel"]
+    graph = thread_graph(tmp_path, plan(tmp_path, targets), targets)
+    assert "projector_init" not in graph and "finetune_imported@rel" in graph
+    threads = stage_threads(graph, 2, 2)
+    assert threads["finetune_imported@rel"] is None, "nothing of the imported chain's run computes beside it"
+    assert threads["eval_imported@rel"] == threads["quantize_imported@rel"] == 1
+    # a partial run outside the chain still gets its stages' threads
+    assert "projector_init" in thread_graph(tmp_path, plan(tmp_path, ["projector_init"]), targets)
