@@ -246,17 +246,14 @@ def stage_threads(needs: dict[str, set[str]], parallel: int, cores: int) -> dict
     that computed it alone, 0.511 with it computed beside the scoring). So the count follows from the graph only:
     never from what happens to run beside a stage, which depends on timing, on the run's targets and on what the
     run-cache already holds. A stage then computes the same bits in every run, partial or full."""
-    ancestors: dict[str, set[str]] = {}
+    import networkx as nx
 
-    def upstream(stage: str) -> set[str]:
-        if stage not in ancestors:
-            ancestors[stage] = set().union(*({dep} | upstream(dep) for dep in needs[stage]))
-        return ancestors[stage]
-
+    dag = nx.DiGraph([(dep, stage) for stage, deps in needs.items() for dep in deps])
+    dag.add_nodes_from(needs)
     share = max(1, cores // parallel)
-    return {stage: share if parallel > 1 and any(
-        other != stage and other not in upstream(stage) and stage not in upstream(other) for other in needs)
-        else None for stage in needs}
+    # independent of some stage: not every other stage is upstream or downstream of it
+    return {stage: share if parallel > 1 and len(nx.ancestors(dag, stage) | nx.descendants(dag, stage)) < len(needs) - 1
+            else None for stage in needs}
 
 
 def schedule(order: list[str], needs: dict[str, set[str]], parallel: int, submit: Callable[[str, int | None], Any],
