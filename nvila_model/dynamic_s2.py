@@ -6,15 +6,18 @@ square scales). Grid choice follows REFERENCE.md section 2; both readings of the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 
-def candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
+@functools.cache  # a handful of (min, max) pairs per run, each asked once per image
+def candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
     """All (cols, rows) grids with min_tiles <= cols*rows <= max_tiles, by tile count then cols."""
     grids = {(c, r) for n in range(min_tiles, max_tiles + 1) for c in range(1, n + 1) for r in range(1, n + 1)
              if min_tiles <= c * r <= max_tiles}
-    return sorted(grids, key=lambda g: (g[0] * g[1], g[0]))
+    return tuple(sorted(grids, key=lambda g: (g[0] * g[1], g[0])))
 
 
 def search_grid(width: int, height: int, tile: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:

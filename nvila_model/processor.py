@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from nvila_model.video import frame_indices
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _MARKER = re.compile(r"\n?(<image>|<video>)\n?")
+MEMO_SIZE = 65536  # entries each of a processor's memos keeps (first come, first kept)
 
 
 class NVILAProcessor:
@@ -37,6 +39,14 @@ class NVILAProcessor:
             raise ValueError("tokenizer must encode '\\n' as a single token")
         self.newline_id = newline[0]
         self.pad_id = tokenizer.pad_token_id
+        # Memos of a fixed processor (its tokenizer and config do not change once built): a corpus repeats the chat
+        # template's pieces, its questions and answers, and its image sizes, and both the tokenizer call and
+        # transformers' config attribute access are slow next to the pixels (together about a third of a sample's
+        # processing on the tiny preset). Plain dicts, so a processor still pickles (DataLoader workers, Ray).
+        self._token_memo: dict[str, tuple[int, ...]] = {}
+        self._size_memo: dict[tuple[Any, ...], Any] = {}  # (what, width, height, ...) -> grid or token count
+        self._tile_size = config.tile_size
+        self._mean, self._std = config.image_mean, config.image_std
 
     # Persistence ----------------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:
@@ -55,12 +65,20 @@ class NVILAProcessor:
         return cls(load_tokenizer(path, (config.image_token, config.video_token)), config)
 
     # Token counts without running the model -----------------------------------------------------------------
+    def _by_size(self, compute: Callable[..., Any], *key: Any) -> Any:
+        found = self._size_memo.get((compute, *key))
+        if found is None:
+            found = compute(self.config, *key)
+            if len(self._size_memo) < MEMO_SIZE:
+                self._size_memo[compute, *key] = found
+        return found
+
     def image_grid(self, width: int, height: int) -> tuple[int, int]:
-        return image_grid(self.config, width, height)
+        return self._by_size(image_grid, width, height)
 
     def num_image_tokens(self, width: int, height: int, single_image: bool = True) -> int:
         """Visual tokens for one image (excluding its trailing newline)."""
-        return num_image_tokens(self.config, width, height, single_image)
+        return self._by_size(num_image_tokens, width, height, single_image)
 
     def num_video_tokens(self, frames: int) -> int:
         """Visual tokens for a video of `frames` sampled frames (excluding the newlines after each group)."""
@@ -76,11 +94,11 @@ class NVILAProcessor:
     # Pixels -----------------------------------------------------------------------------------------------
     def _to_tensor(self, img: Image.Image) -> torch.Tensor:
         x_HWC = np.asarray(img, dtype=np.float32) / 255.0
-        x_HWC = (x_HWC - self.config.image_mean) / self.config.image_std
+        x_HWC = (x_HWC - self._mean) / self._std
         return torch.from_numpy(x_HWC).permute(2, 0, 1)
 
     def _tiles(self, img: Image.Image, cols: int, rows: int) -> torch.Tensor:
-        t = self.config.tile_size
+        t = self._tile_size
         x_CHW = self._to_tensor(img.resize((cols * t, rows * t), Image.Resampling.BICUBIC))
         return x_CHW.reshape(3, rows, t, cols, t).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, t, t)
 
@@ -108,8 +126,13 @@ class NVILAProcessor:
         return torch.cat(tiles), [KIND_VIDEO, 1, 1, num]
 
     # Text -------------------------------------------------------------------------------------------------
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    def _ids(self, text: str) -> tuple[int, ...]:
+        ids = self._token_memo.get(text)
+        if ids is None:
+            ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
+            if len(self._token_memo) < MEMO_SIZE:
+                self._token_memo[text] = ids
+        return ids
 
     def encode(self, conversations: list[dict[str, str]], images: list[Image.Image] | None = None,
                video: np.ndarray | None = None, add_generation_prompt: bool = False) -> dict[str, torch.Tensor]:
@@ -130,7 +153,7 @@ class NVILAProcessor:
         ids: list[int] = []
         labels: list[int] = []
 
-        def add(piece: list[int], supervised: bool) -> None:
+        def add(piece: Sequence[int], supervised: bool) -> None:
             ids.extend(piece)
             labels.extend(piece if supervised else [IGNORE_INDEX] * len(piece))
 

@@ -70,3 +70,33 @@ def test_video_frame_count_not_divisible_is_an_error(processor):
 def test_turns_must_alternate(processor):
     with pytest.raises(ValueError, match="alternate"):
         processor.encode([{"from": "gpt", "value": "hi"}])
+
+
+def test_a_processor_tokenizes_a_repeated_text_and_sizes_an_image_once_and_still_pickles(processor, monkeypatch):
+    """The memos: a corpus repeats its template pieces, questions, answers and image sizes, so a processor asks the
+    tokenizer and the Dynamic-S2 grid search once per distinct text and size; a copy that crossed a pickle (a
+    DataLoader worker, a Ray actor) encodes the same."""
+    import pickle
+
+    import torch
+
+    import nvila_model.media_tokens as media_tokens
+
+    conv = [{"from": "human", "value": "<image>\nWhat colour is the square?"}, {"from": "gpt", "value": "red"}]
+    image = Image.new("RGB", (90, 40), (200, 30, 30))
+    first = processor.encode(conv, images=[image])
+    texts, grids = [], []
+    tokenizer_call = type(processor.tokenizer).__call__
+    monkeypatch.setattr(type(processor.tokenizer), "__call__",
+                        lambda tok, text, **kw: texts.append(text) or tokenizer_call(tok, text, **kw))
+    choose_grid = media_tokens.choose_grid
+    monkeypatch.setattr(media_tokens, "choose_grid", lambda *a: grids.append(a[:2]) or choose_grid(*a))
+    again = processor.encode(conv, images=[image])
+    assert texts == [] and grids == []
+    other = processor.encode([{"from": "human", "value": "<image>\nAnd now?"}, {"from": "gpt", "value": "red"}],
+                             images=[Image.new("RGB", (40, 90))])
+    assert texts == ["And now?<|im_end|>\n"] and set(grids) == {(40, 90)}
+    copy = pickle.loads(pickle.dumps(processor))
+    for sample in (again, copy.encode(conv, images=[image])):
+        assert all(torch.equal(first[k], sample[k]) for k in first)
+    assert other["media_layout"][0, 1:3].tolist() == list(reversed(processor.image_grid(40, 90)))
