@@ -248,12 +248,14 @@ def stage_threads(needs: dict[str, set[str]], parallel: int, cores: int) -> dict
     run-cache already holds. A stage then computes the same bits in every run, partial or full."""
     import networkx as nx
 
+    if parallel == 1:
+        return dict.fromkeys(needs)
     dag = nx.DiGraph([(dep, stage) for stage, deps in needs.items() for dep in deps])
     dag.add_nodes_from(needs)
     share = max(1, cores // parallel)
     # independent of some stage: not every other stage is upstream or downstream of it
-    return {stage: share if parallel > 1 and len(nx.ancestors(dag, stage) | nx.descendants(dag, stage)) < len(needs) - 1
-            else None for stage in needs}
+    return {stage: share if len(nx.ancestors(dag, stage) | nx.descendants(dag, stage)) < len(needs) - 1 else None
+            for stage in needs}
 
 
 def schedule(order: list[str], needs: dict[str, set[str]], parallel: int, submit: Callable[[str, int | None], Any],
