@@ -34,6 +34,21 @@ def matmul_peak(dtype, size: int, repeats: int) -> float:
     return 2 * size**3 / best
 
 
+def cpu_kind() -> str:
+    """This CPU's bf16 hardware, which decides whether autocast could pay: 'amx' (tiles), 'avx512bf16' (dot
+    products only) or 'nobf16'. The results file is named by it, so figures from different hosts sit side by side."""
+    import torch
+
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return "amx"
+    return "avx512bf16" if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() else "nobf16"
+
+
+def cpu_model() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
 def step_flops(model, batch) -> int:
     """FLOPs of one forward + backward on `batch` (matmuls, convolutions, attention: what FlopCounterMode counts)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -124,10 +139,9 @@ def main() -> None:
     rows = [r | {"speedup_vs_fp32": base / r["step_s"]} if "step_s" in r else r for r in rows]
     print_table(rows, ["mode", "step_s", "speedup_vs_fp32", "gflop_per_step", "achieved_gflops", "peak_gflops",
                        "mfu", "params_m", "failed"])
-    write_results(f"mfu_{args.preset}", {"preset": args.preset, "batch_size": args.batch_size,
-                                          "threads": args.threads, "peak_gflops": {k: v / 1e9 for k, v in
-                                                                                   peaks.items()}, "rows": rows})
-
+    write_results(f"mfu_{args.preset}_{cpu_kind()}", {
+        "preset": args.preset, "cpu": cpu_model(), "batch_size": args.batch_size, "threads": args.threads,
+        "peak_gflops": {k: v / 1e9 for k, v in peaks.items()}, "rows": rows})
 
 if __name__ == "__main__":
     main()

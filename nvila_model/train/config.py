@@ -51,7 +51,7 @@ class StageConfig:
     packing: bool = True
     pack_tokens: int | None = Field(default=None, ge=16)     # token budget of one packed row (SDPA/eager); default
     #                                                          max_length (flash-attn packs one row per micro-batch)
-    precision: Precision = "auto"            # auto (bf16 where it pays: precision.bf16_pays) | fp32 | bf16 | fp8
+    precision: Precision = "auto"            # auto (bf16 on a GPU with bf16, else fp32) | fp32 | bf16 | fp8
     fp8_emulate: bool | None = None          # fp8 matmuls emulated in bf16; None: exactly when no FP8 GPU
     attn_implementation: Attention = "auto"  # auto (flash-attn varlen on GPU when installed, else sdpa)
     gradient_checkpointing: bool = False

@@ -25,22 +25,16 @@ def bf16_supported() -> bool:
     """Whether bf16 runs here at all (an explicit `precision: bf16` is refused where it does not)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or _cpu_has_amx())
-
-
-def _cpu_has_amx() -> bool:
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def bf16_pays() -> bool:
-    """Whether `precision: auto` takes bf16 autocast: a GPU with bf16, or a CPU with AMX tiles (oneDNN's bf16
-    matmuls run on the tile unit, several times the fp32 rate). A CPU with only AVX512-BF16 runs bf16 dot products
-    at about twice the fp32 peak, but autocast's casts eat it: `bench/mfu.py --bf16` on such a CPU (AMD EPYC, 2
-    threads) measured 0.92x the fp32 step on the tiny preset and 1.08x on the small one, and the pipeline's SFT
-    stages took 154 and 127 s in bf16 against 119 and 96 s in fp32. There `auto` is fp32."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return _cpu_has_amx()
+    """Whether `precision: auto` takes bf16 autocast: a GPU with bf16 only. On the CPUs we train on, autocast's
+    casts eat what the bf16 matmuls gain at these model sizes (`bench/mfu.py --bf16`, 2 threads, step time against
+    fp32): AMD EPYC with AVX512-BF16 0.92x on the tiny preset and 1.08x on the small one; Intel Xeon with AMX tiles
+    0.63x and 0.98x. There `auto` is fp32; an explicit `bf16` still runs."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def fp8_hardware() -> str:
