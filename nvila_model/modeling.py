@@ -127,12 +127,14 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         cfg = self.config
         feats_NhwC = self.vision_features(pixel_values)
         layout = media_layout.tolist()
-        maps, start = [], 0
-        for row in layout:
-            kind, rows, cols, _frames = row
-            count = tiles_of(row, cfg)
-            tiles_NhwC = feats_NhwC[start:start + count]
-            start += count
+        counts = [tiles_of(row, cfg) for row in layout]
+        if sum(counts) != feats_NhwC.shape[0]:
+            raise ValueError(f"media_layout accounts for {sum(counts)} tiles but pixel_values holds "
+                             f"{feats_NhwC.shape[0]}")
+        # One split, not a slice per item: a slice's backward writes a zero gradient the size of all tiles and adds
+        # into it, once per item (a third of the merge's time on a training batch: bench/s2_merge.py).
+        maps = []
+        for (kind, rows, cols, _frames), tiles_NhwC in zip(layout, feats_NhwC.split(counts), strict=True):
             if kind == KIND_S2_IMAGE:
                 tiles_NhwC = merge_scales(tiles_NhwC, cfg.s2_scales, cfg.tile_size, cols, rows)
             elif cfg.num_scales > 1:
@@ -140,8 +142,6 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
                 # feature repeats the single map per scale (what S2 gives when all scales equal the tile).
                 tiles_NhwC = tiles_NhwC.repeat(1, 1, 1, cfg.num_scales)
             maps.append(tiles_NhwC)
-        if start != feats_NhwC.shape[0]:
-            raise ValueError(f"media_layout accounts for {start} tiles but pixel_values holds {feats_NhwC.shape[0]}")
         projected = self.projector(torch.cat(maps)).split([m.shape[0] for m in maps])
         outputs = []
         for (kind, rows, cols, _frames), proj_NhwD in zip(layout, projected, strict=True):

@@ -51,6 +51,41 @@ def test_video_tokens_pooled_and_newline_after_each_group(processor, tiny_model)
     assert ids[first + 16] == processor.newline_id and ids[first + 17] == tiny_model.config.video_token_id
 
 
+def test_media_backward_cuts_the_tower_gradient_once_not_per_item(processor, tiny_model):
+    """Each item's tiles come from one split of the tower's output: a slice per item would write a zero gradient
+    the size of all tiles and add into it, once per item. The features must equal a per-item encode."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []  # (op, shape of its output)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.calls.append((func.overloadpacket.__name__, tuple(getattr(out, "shape", ()))))
+            return out
+
+    frames = np.random.default_rng(1).integers(0, 255, (8, 20, 30, 3), dtype=np.uint8)
+    items = [_sample(processor, size) for size in [(150, 40), (64, 64), (33, 97)]]
+    items.append(processor.encode([{"from": "human", "value": "<video>\nWhich way?"}, {"from": "gpt", "value": "l"}],
+                                  video=frames))
+    pixel_values = torch.cat([f["pixel_values"] for f in items])
+    layout = torch.cat([f["media_layout"].reshape(-1, 4) for f in items])
+    tokens = tiny_model.encode_media(pixel_values, layout)
+    ops = Ops()
+    with ops:
+        torch.cat(tokens).square().sum().backward()
+    every_tile = (pixel_values.shape[0], *tiny_model.vision_features(pixel_values[:1]).shape[1:])
+    writes = [op for op, shape in ops.calls if shape == every_tile]
+    assert "slice_backward" not in writes and writes.count("cat") == 1, writes
+    tiny_model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        alone = [tiny_model.encode_media(f["pixel_values"], f["media_layout"].reshape(-1, 4))[0] for f in items]
+    for together, single in zip(tokens, alone, strict=True):
+        torch.testing.assert_close(together.detach(), single)
+
+
 def test_save_load_reproduces_logits_and_auto_class(tmp_path, processor, tiny_model):
     batch = processor.pad([_sample(processor)])
     tiny_model.save_pretrained(tmp_path)
