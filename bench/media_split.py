@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from itertools import accumulate
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,8 +38,7 @@ def main() -> None:
     from nvila_model.data.collate import PackingCollator
     from nvila_model.data.loader import LlavaDataset
     from nvila_model.data.manifest import read_manifest
-    from nvila_model.dynamic_s2 import merge_scales
-    from nvila_model.modeling import KIND_S2_IMAGE, tiles_of
+    from nvila_model.modeling import scale_maps, tiles_of
     from nvila_model.presets import build_config
     from nvila_model.processor import NVILAProcessor
     from nvila_model.tokenizer import load_tokenizer
@@ -55,25 +55,18 @@ def main() -> None:
         layouts = [collate([dataset[(i * args.batch_size + j) % len(dataset)] for j in range(args.batch_size)])
                    ["media_layout"].tolist() for i in range(args.batches)]
     side, width = config.patches_per_side, config.vision_config.hidden_size
-    scales, tile = config.s2_scales, config.tile_size
     torch.manual_seed(0)
     batches = []
     for layout in layouts:  # each batch's media and their tiles' features in one tensor, as the tower gives them
         counts = [tiles_of(row, config) for row in layout]
         batches.append((layout, counts, torch.randn(sum(counts), side, side, width)))
 
-    def per_item(row, tiles_NhwC):
-        kind, rows, cols, _ = row
-        if kind == KIND_S2_IMAGE:
-            return merge_scales(tiles_NhwC, scales, tile, cols, rows)
-        return tiles_NhwC.repeat(1, 1, 1, config.num_scales) if config.num_scales > 1 else tiles_NhwC
-
     def sliced(layout, counts, feats):  # encode_media before: a slice of the features per item
-        starts = [sum(counts[:i]) for i in range(len(counts))]
-        return [per_item(row, feats[s:s + n]) for row, s, n in zip(layout, starts, counts, strict=True)]
+        starts = list(accumulate(counts, initial=0))[:-1]
+        return [scale_maps(row, feats[s:s + n], config) for row, s, n in zip(layout, starts, counts, strict=True)]
 
     def split(layout, counts, feats):  # encode_media now
-        return [per_item(row, t) for row, t in zip(layout, feats.split(counts), strict=True)]
+        return [scale_maps(row, t, config) for row, t in zip(layout, feats.split(counts), strict=True)]
 
     modes = {"a slice per item": sliced, "one split": split}
 

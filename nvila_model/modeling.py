@@ -39,6 +39,16 @@ def tiles_of(layout_row: list[int], config: NVILAConfig) -> int:
     raise ValueError(f"unknown media kind {kind} in media_layout")
 
 
+def scale_maps(layout_row: list[int], tiles_NhwC: torch.Tensor, config: NVILAConfig) -> torch.Tensor:
+    """One media item's tile features [n, h, w, C] -> the projector's input [tiles, h, w, num_scales * C]: a
+    Dynamic-S2 image's scales merged; a one-tile image or video frame under an S2 projector repeats its single map per
+    scale (what S2 gives when all scales equal the tile); otherwise the features as they are."""
+    kind, rows, cols, _frames = layout_row
+    if kind == KIND_S2_IMAGE:
+        return merge_scales(tiles_NhwC, config.s2_scales, config.tile_size, cols, rows)
+    return tiles_NhwC.repeat(1, 1, 1, config.num_scales) if config.num_scales > 1 else tiles_NhwC
+
+
 class NVILAPreTrainedModel(PreTrainedModel):
     config_class = NVILAConfig
     config: NVILAConfig
@@ -133,15 +143,8 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
                              f"{feats_NhwC.shape[0]}")
         # One split, not a slice per item: a slice's backward writes a zero gradient the size of all tiles and adds
         # into it, once per item (this loop's forward + backward 1.41x faster on a tiny batch: bench/media_split.py).
-        maps = []
-        for (kind, rows, cols, _frames), tiles_NhwC in zip(layout, feats_NhwC.split(counts), strict=True):
-            if kind == KIND_S2_IMAGE:
-                tiles_NhwC = merge_scales(tiles_NhwC, cfg.s2_scales, cfg.tile_size, cols, rows)
-            elif cfg.num_scales > 1:
-                # One-tile image or video frame under an S2 projector: every scale is this one tile, so the merged
-                # feature repeats the single map per scale (what S2 gives when all scales equal the tile).
-                tiles_NhwC = tiles_NhwC.repeat(1, 1, 1, cfg.num_scales)
-            maps.append(tiles_NhwC)
+        maps = [scale_maps(row, tiles_NhwC, cfg) for row, tiles_NhwC in zip(layout, feats_NhwC.split(counts),
+                                                                             strict=True)]
         projected = self.projector(torch.cat(maps)).split([m.shape[0] for m in maps])
         outputs = []
         for (kind, rows, cols, _frames), proj_NhwD in zip(layout, projected, strict=True):
