@@ -73,8 +73,16 @@ def short_tmpdir(monkeypatch):
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_local_instance_listens_on_loopback_only_and_leaves_no_temp_files(short_tmpdir: Path) -> None:
-    records = _records(12)
+def _kinds_seen(seen: dict[tuple[str, int], str]) -> set[str]:
+    return {kind for kind, marker in {"driver": "driver", **KINDS}.items() if any(marker in c for c in seen.values())}
+
+
+def test_local_instance_listens_on_loopback_only_and_leaves_no_temp_files(tmp_path: Path, short_tmpdir: Path) -> None:
+    # (tmp_path comes first, so the gate lies outside the temp folder that must end empty.)
+    # Every batch waits at a gate the watcher opens once it has seen every kind of process listening (or after the
+    # toy scorer's 60 s), so a loaded machine can not end the pool before a sample catches each kind.
+    gate = tmp_path / "gate"
+    records = [{**r, "gate": str(gate)} for r in _records(12)]
     seen: dict[tuple[str, int], str] = {}
     temp_entries: set[str] = set()
     done = threading.Event()
@@ -83,6 +91,8 @@ def test_local_instance_listens_on_loopback_only_and_leaves_no_temp_files(short_
         while not done.wait(0.2):
             seen.update(_listeners())
             temp_entries.update(os.listdir(short_tmpdir))
+            if len(_kinds_seen(seen)) == 1 + len(KINDS):
+                gate.touch()
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -92,8 +102,8 @@ def test_local_instance_listens_on_loopback_only_and_leaves_no_temp_files(short_
         done.set()
         watcher.join()
     assert rows == score_records_local(_pair(), records, batch_size=2)
-    for kind, marker in {"driver": "driver", **KINDS}.items():
-        assert any(marker in cmd for cmd in seen.values()), f"no listener of the {kind} seen: {seen}"
+    missing = {"driver", *KINDS} - _kinds_seen(seen)
+    assert not missing, f"no listener seen of: {sorted(missing)}; seen: {seen}"
     exposed = {f"{ip}:{port}": cmd[:100] for (ip, port), cmd in seen.items() if not _is_loopback(ip)}
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert temp_entries  # the session lived in TMPDIR

@@ -23,6 +23,7 @@ class BigramScorer:
 
     def mean_logprobs(self, records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         _maybe_fail(records)
+        _wait_for_gate(records)
         if self.delay_s:
             time.sleep(self.delay_s)
         max_len = max(len(r["tokens"]) for r in records)
@@ -49,6 +50,18 @@ def memorizer(vocab: int, sequence: list[int], confidence: float = 0.9) -> list[
     for cur, nxt in zip(sequence[:-1], sequence[1:], strict=True):
         probs[cur] = [confidence if v == nxt else rest for v in range(vocab)]
     return probs
+
+
+def _wait_for_gate(records: Sequence[dict[str, Any]], timeout_s: float = 60.0) -> None:
+    """Hold a batch holding a `gate` record until that file exists (a test opens it once it has seen what it needs);
+    the first batch to wait `timeout_s` opens it for all."""
+    for record in records:
+        if "gate" in record:
+            gate, deadline = Path(record["gate"]), time.monotonic() + timeout_s
+            while not gate.exists():
+                if time.monotonic() > deadline:
+                    gate.touch()
+                time.sleep(0.05)
 
 
 def _maybe_fail(records: Sequence[dict[str, Any]]) -> None:
