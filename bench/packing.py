@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from nvila_model.data.collate import PackingCollator, PaddingCollator, model_inputs
+from nvila_model.data.collate import PackingCollator, PaddingCollator, model_inputs, pack_rows
 from nvila_model.data.config import GenerateConfig
 from nvila_model.data.generate import run_generate
 from nvila_model.data.loader import LlavaDataset
@@ -20,7 +20,15 @@ from nvila_model.presets import build_config
 from nvila_model.processor import NVILAProcessor
 from nvila_model.tokenizer import train_tokenizer
 
-RESULTS = Path(__file__).parent / "results" / "packing.json"
+RESULTS = Path(__file__).parent / "results"
+
+
+class OneRowPerLongSample(PackingCollator):
+    """The packing rule before: a sample over the budget alone in its row, the others in rows of the budget, every
+    row padded to the widest (what `--long` compares the collator against)."""
+
+    def rows(self, lengths: list[int]) -> list[list[int]]:
+        return pack_rows(lengths, self.max_tokens)
 
 
 def train_alternating(models: dict[str, torch.nn.Module], settings: dict[str, list[dict]],
@@ -59,6 +67,9 @@ def main() -> None:
     parser.add_argument("--budgets", default="256,1024", help="packing budgets (tokens per row) to compare")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per optimizer step (both settings)")
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--long", action="store_true",
+                        help="Dynamic-S2 without token compression (the frontier's s2_uncompressed: most samples over "
+                             "the budget): the collator against one row per sample over the budget")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,16 +77,17 @@ def main() -> None:
         records = read_manifest(root / "train.jsonl")
         order = torch.randperm(len(records), generator=torch.Generator().manual_seed(0))[: args.samples]
         records = [records[i] for i in order.tolist()]  # a mix of every subset, as a shuffled epoch gives
-        config = build_config(args.preset)
+        config = build_config(args.preset, **({"projector": "none", "dynamic_s2": True} if args.long else {}))
         texts = [t["value"] for r in records for t in r["conversations"]]
         processor = NVILAProcessor(train_tokenizer(texts, vocab_size=config.text_config.vocab_size), config)
         dataset = LlavaDataset(records, root, processor)
         samples = [s for s in (dataset[i] for i in range(len(dataset))) if s is not None]
-    longest = max(s["input_ids"].shape[0] for s in samples)
-    budgets = [max(int(b), longest) for b in args.budgets.split(",")]
+    budgets = [int(b) for b in args.budgets.split(",")]
     groups = [samples[i:i + args.batch_size] for i in range(0, len(samples), args.batch_size)]
     settings = {"padded": [PaddingCollator(processor.pad_id)(g) for g in groups]}
     for budget in budgets:
+        if args.long:
+            settings[f"row-per-long-{budget}"] = [OneRowPerLongSample(processor.pad_id, budget)(g) for g in groups]
         settings[f"packed-{budget}"] = [PackingCollator(processor.pad_id, max_tokens=budget)(g) for g in groups]
     models = {}
     for name in settings:
@@ -92,9 +104,11 @@ def main() -> None:
               f"{r['samples_per_s']:>10}")
     speedup = {name: round(r["tokens_per_s"] / rows["padded"]["tokens_per_s"], 3) for name, r in rows.items()}
     print("training tokens/s relative to padded:", speedup)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"preset": args.preset, "samples": len(samples), "batch_size": args.batch_size,
-                                   "budgets": budgets, "runs": rows, "speedup_vs_padded": speedup}, indent=2) + "\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / ("packing_long.json" if args.long else "packing.json")
+    out.write_text(json.dumps({"preset": args.preset, "long": args.long, "samples": len(samples),
+                               "batch_size": args.batch_size, "budgets": budgets, "runs": rows,
+                               "speedup_vs_padded": speedup}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,14 @@ def test_packed_batch_layout() -> None:
     assert padded["labels"][1].tolist() == [2, 2, 2, -100, -100, -100]
 
 
+def test_a_sample_over_the_budget_widens_every_row_of_its_batch_instead_of_taking_one_alone() -> None:
+    """Rows are padded to the widest, so with a 12-token sample the others fill rows of 12, not rows of 8 padded."""
+    batch = PackingCollator(pad_id=0, max_tokens=8)([_fake(12, 1), _fake(5, 2), _fake(6, 3), _fake(1, 4)])
+    assert batch["input_ids"].shape == (2, 12)
+    assert batch["position_ids"][1].tolist() == [*range(5), *range(6), 0]
+    assert PackingCollator(pad_id=0, max_tokens=8)([_fake(5, 2), _fake(6, 3)])["input_ids"].shape == (2, 6)
+
+
 def test_transformers_detects_packed_segments() -> None:
     from transformers.masking_utils import find_packed_sequence_indices
 
