@@ -39,10 +39,13 @@ def standard_error(metrics: dict[str, float], subsets: list[str]) -> float:
 def frontier_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per variant: accuracy (mean, per subset, chance, standard error), training cost of its model (seconds
     on this machine and optimizer steps over every training stage, the peer's one stage), the DeltaLoss scoring
-    cost when its data was pruned by score, TTFT (prefill latency at batch 1), visual tokens, and where it lives.
+    cost when its data was pruned by score, the wall seconds of its pipeline run (every stage it computed; what an
+    earlier variant left in DVC's cache is restored in seconds), TTFT (prefill latency at batch 1), visual tokens,
+    and where it lives.
 
     A point is what the frontier collected from a variant's pipeline run: `variant`, `label`, `group`, the eval
-    `metrics`, the run's `cost` per stage, `uses_scores`, `video_frames` / `video_pool`, experiment and MLflow run.
+    `metrics`, the run's `cost` per stage, `stage_seconds` (each stage's wall seconds in this run), `uses_scores`,
+    `video_frames` / `video_pool`, experiment and MLflow run.
     """
     subsets = subsets_of(points)
     rows = []
@@ -56,6 +59,7 @@ def frontier_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                "train_seconds": sum(c["train_seconds"] for c in trained),
                "train_steps": sum(c["train_steps"] for c in trained),
                "score_seconds": cost["score"]["train_seconds"] if p["uses_scores"] and "score" in cost else 0.0,
+               "run_seconds": sum(p["stage_seconds"].values()),
                "video_frames": p["video_frames"], "video_pool": p["video_pool"],
                **{k: m.get(k, math.nan) for k in EFFICIENCY},
                "experiment": p.get("experiment", ""), "mlflow_run_id": p.get("mlflow_run_id", "")}
@@ -76,14 +80,15 @@ def markdown_report(rows: list[dict[str, Any]], goals: list[dict[str, Any]], sub
     """The variants table (accuracy in %, per subset with chance in the header) and the goals table."""
     chance = {s: next((r[f"chance_{s}"] for r in rows if f"chance_{s}" in r), math.nan) for s in subsets}
     cols = ["variant", "acc_mean ± s.e.", "chance", *[f"{s} ({_pct(chance[s])})" for s in subsets], "train s",
-            "steps", "TTFT ms", "visual tokens", "DVC experiment"] + (["MLflow run"] if links else [])
+            "steps", "run s", "TTFT ms", "visual tokens", "DVC experiment"] + (["MLflow run"] if links else [])
     lines = [header, "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"] if header else \
         ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for r in rows:
         cells = [f"**{r['variant']}**", f"{_pct(r['acc_mean'])} ± {_pct(r['se'])}", _pct(r["chance_mean"]),
                  *[_pct(r.get(f"acc_{s}", math.nan)) for s in subsets],
                  f"{r['train_seconds']:.0f}" + (f" (+{r['score_seconds']:.0f} scoring)" if r["score_seconds"] else ""),
-                 f"{r['train_steps']:.0f}", f"{r['prefill_ms']:.1f}", f"{r['visual_tokens_per_sample']:.0f}",
+                 f"{r['train_steps']:.0f}", f"{r['run_seconds']:.0f}", f"{r['prefill_ms']:.1f}",
+                 f"{r['visual_tokens_per_sample']:.0f}",
                  f"`{r['experiment']}`"]
         if links:
             run_id = r["mlflow_run_id"]
@@ -110,7 +115,9 @@ def write_report(points: list[dict[str, Any]], video_subsets: list[str], out_dir
     paths["json"].write_text(json.dumps({**about, "rows": rows, "goals": goals}, indent=2, default=str))
     header = (f"# The efficient frontier ({about.get('mode', '')}, {about.get('wall_seconds', 0) / 60:.1f} min)\n\n"
               "Accuracy in % on the test split (exact match), chance in the column header; training time in seconds "
-              "on this machine summed over the variant's training stages; TTFT: prefill latency at batch 1.\n")
+              "on this machine summed over the variant's training stages; run s: wall seconds of the variant's "
+              "pipeline run (stages an earlier variant computed are restored from DVC's cache); TTFT: prefill "
+              "latency at batch 1.\n")
     paths["md"].write_text(markdown_report(rows, goals, subsets, header, links=False))
     return rows, goals, paths
 
