@@ -25,7 +25,7 @@ RESULTS = Path(__file__).parent / "results"
 
 class OneRowPerLongSample(PackingCollator):
     """The packing rule before: a sample over the budget alone in its row, the others in rows of the budget, every
-    row padded to the widest (what `--long` compares the collator against)."""
+    row padded to the widest (timed beside the collator when some sample is over the budget)."""
 
     def rows(self, lengths: list[int]) -> list[list[int]]:
         return pack_rows(lengths, self.max_tokens)
@@ -67,9 +67,9 @@ def main() -> None:
     parser.add_argument("--budgets", default="256,1024", help="packing budgets (tokens per row) to compare")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per optimizer step (both settings)")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--long", action="store_true",
-                        help="Dynamic-S2 without token compression (the frontier's s2_uncompressed: most samples over "
-                             "the budget): the collator against one row per sample over the budget")
+    parser.add_argument("--uncompressed", action="store_true",
+                        help="Dynamic-S2 without token compression (the frontier's s2_uncompressed), whose samples "
+                             "are mostly longer than the budget")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +77,7 @@ def main() -> None:
         records = read_manifest(root / "train.jsonl")
         order = torch.randperm(len(records), generator=torch.Generator().manual_seed(0))[: args.samples]
         records = [records[i] for i in order.tolist()]  # a mix of every subset, as a shuffled epoch gives
-        config = build_config(args.preset, **({"projector": "none", "dynamic_s2": True} if args.long else {}))
+        config = build_config(args.preset, **({"projector": "none", "dynamic_s2": True} if args.uncompressed else {}))
         texts = [t["value"] for r in records for t in r["conversations"]]
         processor = NVILAProcessor(train_tokenizer(texts, vocab_size=config.text_config.vocab_size), config)
         dataset = LlavaDataset(records, root, processor)
@@ -85,8 +85,9 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     groups = [samples[i:i + args.batch_size] for i in range(0, len(samples), args.batch_size)]
     settings = {"padded": [PaddingCollator(processor.pad_id)(g) for g in groups]}
+    longest = max(s["input_ids"].shape[0] for s in samples)
     for budget in budgets:
-        if args.long:
+        if longest > budget:  # samples over the budget: the rule before, beside the collator's
             settings[f"row-per-long-{budget}"] = [OneRowPerLongSample(processor.pad_id, budget)(g) for g in groups]
         settings[f"packed-{budget}"] = [PackingCollator(processor.pad_id, max_tokens=budget)(g) for g in groups]
     models = {}
@@ -105,10 +106,12 @@ def main() -> None:
     speedup = {name: round(r["tokens_per_s"] / rows["padded"]["tokens_per_s"], 3) for name, r in rows.items()}
     print("training tokens/s relative to padded:", speedup)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("packing_long.json" if args.long else "packing.json")
-    out.write_text(json.dumps({"preset": args.preset, "long": args.long, "samples": len(samples),
-                               "batch_size": args.batch_size, "budgets": budgets, "runs": rows,
-                               "speedup_vs_padded": speedup}, indent=2) + "\n")
+    name = "_".join(["packing", *([args.preset] if args.preset != "tiny" else []),
+                     *(["s2_uncompressed"] if args.uncompressed else [])])
+    (RESULTS / f"{name}.json").write_text(json.dumps({
+        "preset": args.preset, "s2_uncompressed": args.uncompressed, "samples": len(samples),
+        "batch_size": args.batch_size, "budgets": budgets, "runs": rows, "speedup_vs_padded": speedup},
+        indent=2) + "\n")
 
 
 if __name__ == "__main__":
