@@ -40,11 +40,16 @@ def _records(n: int) -> list[dict]:
             for i in range(n)]
 
 
-def _listeners() -> dict[tuple[str, int], str]:
-    """(ip, port) -> command line, for every TCP/UDP listener of this process and its descendants."""
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _listeners(skip: set[int]) -> dict[tuple[str, int], str]:
+    """(ip, port) -> command line, for every TCP/UDP listener of this process and its descendants but `skip` (those
+    alive before the pool started: an earlier test's Ray instance may still be going down)."""
     me = psutil.Process()
     found = {}
-    for proc in [me, *me.children(recursive=True)]:
+    for proc in [me, *(p for p in me.children(recursive=True) if p.pid not in skip)]:
         try:
             conns = proc.net_connections(kind="inet")
             cmdline = " ".join(proc.cmdline())
@@ -86,10 +91,12 @@ def test_local_instance_listens_on_loopback_only_and_leaves_no_temp_files(tmp_pa
     seen: dict[tuple[str, int], str] = {}
     temp_entries: set[str] = set()
     done = threading.Event()
+    earlier = _descendants()
+    open_before = set(_listeners(earlier))  # e.g. a server an earlier test left in this process
 
     def watch() -> None:  # sample the sockets while the pool is up
         while not done.wait(0.2):
-            seen.update(_listeners())
+            seen.update({k: v for k, v in _listeners(earlier).items() if k not in open_before})
             temp_entries.update(os.listdir(short_tmpdir))
             if len(_kinds_seen(seen)) == 1 + len(KINDS):
                 gate.touch()
