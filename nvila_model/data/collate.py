@@ -69,7 +69,7 @@ class PackingCollator:
 
     A micro-batch holding a sample longer than `max_tokens` packs into rows as long as that sample: every row is
     padded to the widest anyway, so filling rows up to it costs no wider attention and saves rows. (With one row
-    per oversized sample, Dynamic-S2 without token compression padded 28% of its slots; 9% this way,
+    per oversized sample, Dynamic-S2 without token compression padded 27% of its slots; 9% this way,
     `bench/packing.py --uncompressed`.)
 
     Returns `input_ids`, `labels`, `position_ids` [R, L] (positions restart at 0 for every sample and for the
