@@ -49,10 +49,8 @@ class StageConfig:
     num_video_frames: int | None = Field(default=None, ge=1)   # override the model's frames for this stage
     video_pool_size: int | None = Field(default=None, ge=1)
     packing: bool = True
-    # Token budget of one packed row with SDPA/eager (None: max_length), widened to a micro-batch's longest sample;
-    # flash-attn packs one row per micro-batch. SDPA's block-diagonal mask is dense on CPU, so attention grows with
-    # the row: rows of 256 train the small preset 1.27x faster than rows of 1024 (bench/packing.py --preset small).
-    pack_tokens: int | None = Field(default=256, ge=16)
+    pack_tokens: int | None = Field(default=None, ge=16)     # token budget of one packed row (SDPA/eager); default
+    #                                                          max_length (flash-attn packs one row per micro-batch)
     precision: Precision = "auto"            # auto (bf16 on a GPU with bf16, else fp32) | fp32 | bf16 | fp8
     fp8_emulate: bool | None = None          # fp8 matmuls emulated in bf16; None: exactly when no FP8 GPU
     attn_implementation: Attention = "auto"  # auto (flash-attn varlen on GPU when installed, else sdpa)

@@ -53,7 +53,7 @@ def test_first_stage_trains_only_the_projector_and_chains(project, corpus_dir):
         assert same != name.startswith("projector."), name
     meta = json.loads((out / "meta.json").read_text())
     assert meta["precision"] == "fp32" and (out / "manifest.json").is_file()
-    assert meta["batch_layout"] == ("packed rows of <= max(256, the longest sample) tokens, block-diagonal mask from "
+    assert meta["batch_layout"] == ("packed rows of <= max(512, the longest sample) tokens, block-diagonal mask from "
                                     "position_ids")
     history = json.loads((out / "log_history.json").read_text())
     assert [row["step"] for row in history] == [2, 4] and all("loss" in row for row in history)
