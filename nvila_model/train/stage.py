@@ -245,6 +245,7 @@ def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]],
     tracker = tracker or NullTracker()
     precision = resolve_precision(cfg.precision, cfg.fp8_emulate)
     use_bf16 = precision == "bf16" or (precision.startswith("fp8") and bf16_supported())
+    group_was_open = torch.distributed.is_initialized()
     args = training_arguments(cfg, work / "checkpoints", use_bf16)  # sets up torch.distributed when launched so
     with args.main_process_first(desc="work folder"):
         resume_from = resume_point(work, cfg.resume, is_main=args.process_index == 0)
@@ -293,6 +294,13 @@ def fit(stage: str, cfg: StageConfig, make_model, records: list[dict[str, Any]],
             (tmp / "meta.json").write_text(json.dumps(run, indent=2, default=str))
             (tmp / "log_history.json").write_text(json.dumps(history, indent=2))
             write_stage_manifest(tmp, stage, asdict(cfg), inputs=inputs, precision=precision)
+    if torch.distributed.is_initialized():
+        # every rank leaves together once rank 0 has written the output, and the group this fit opened is closed
+        # here, not by interpreter exit: a ZeRO-3 CI run had one rank abort as it exited while the other was still
+        # in the group ("terminate called without an active exception")
+        torch.distributed.barrier()
+        if not group_was_open:
+            trainer.accelerator.state.destroy_process_group()
     if not is_main:
         return out
     shutil.rmtree(work, ignore_errors=True)  # finished: nothing left to resume

@@ -44,7 +44,8 @@ def test_zero2_two_processes(project, corpus_dir):
 @pytest.mark.skipif(shutil.which("c++") is None, reason="DeepSpeed JIT-builds its CPU comm op with c++")
 def test_zero3_with_a_text_only_rank_completes(project, corpus_dir):
     """Every rank runs the vision tower every step (a blank tile for text-only micro-batches), so the ZeRO-3
-    all-gathers match across ranks; the model is built partitioned under deepspeed.zero.Init."""
+    all-gathers match across ranks; the model is built partitioned under deepspeed.zero.Init; the ranks close the
+    process group together before they exit."""
     torchrun = Path(sys.executable).with_name("torchrun")
     worker = Path(__file__).with_name("zero3_worker.py")
     proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(worker), "params.yaml",
@@ -56,6 +57,7 @@ def test_zero3_with_a_text_only_rank_completes(project, corpus_dir):
     assert ranks[0]["media"] >= 3 and ranks[0]["text_only"] == 0
     assert ranks[1]["text_only"] >= 3 and ranks[1]["media"] == 0
     assert ranks[0]["partitioned_at_build"] and ranks[1]["partitioned_at_build"]
+    assert not ranks[0]["group_open_after_fit"] and not ranks[1]["group_open_after_fit"]  # no rank exits inside it
     meta = json.loads(Path("runs/zero3/meta.json").read_text())
     assert meta["deepspeed"].endswith("zero3.json") and meta["global_steps"] == 3 and meta["built_under_zero_init"]
     weights = load_file("runs/zero3/model.safetensors")

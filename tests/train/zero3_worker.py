@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
@@ -51,6 +52,7 @@ def main(params_file: str, zero3_config: str, data: str, tokenizer: str) -> None
     NVILAForConditionalGeneration.embed = embed
     fit("image_sft", cfg, make_model, rank_records(params, data, rank), {}, Path("runs/zero3"),
         work_dir("image_sft", "zero3-test"))
+    seen["group_open_after_fit"] = torch.distributed.is_initialized()
     Path(f"rank{rank}.json").write_text(json.dumps(seen))
 
 
