@@ -31,9 +31,10 @@ def proxy_share(records: list[dict[str, Any]], share: float, seed: int) -> list[
 
 
 def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, Any]], media_root: str | Path,
-                steps: int, batch_size: int, lr: float, seed: int, out: str | Path) -> Path:
+                steps: int, batch_size: int, lr: float, seed: int, out: str | Path,
+                pack_tokens: int | None = None) -> Path:
     """Train preset `preset` from scratch for `steps` steps on `records` (all modules, one LR) with the project
-    trainer; save a checkpoint dir to `out_dir`."""
+    trainer, packing rows of at most `pack_tokens` (None: the trainer's default); save a checkpoint dir to `out`."""
     from nvila_model.data.registry import absolute_media
     from nvila_model.modeling import NVILAForConditionalGeneration
     from nvila_model.presets import build_config
@@ -50,8 +51,8 @@ def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, 
         return NVILAForConditionalGeneration(config), NVILAProcessor(tokenizer, config)
 
     cfg = StageConfig(train_modules=list(MODULES), lr=dict.fromkeys(MODULES, lr), datasets=["bootstrap-share"],
-                      batch_size=batch_size, max_steps=steps, max_grad_norm=5.0, save_steps=steps,
-                      logging_steps=steps, seed=seed, resume=False)
+                      batch_size=batch_size, max_steps=steps, pack_tokens=pack_tokens, max_grad_norm=5.0,
+                      save_steps=steps, logging_steps=steps, seed=seed, resume=False)
     absolute = [absolute_media(r, Path(media_root)) for r in records]
     stage = f"proxy-{preset}"
     work = work_dir(stage, fingerprint(stage, cfg, {"preset": preset}, {"tokenizer": str(tokenizer_dir)}))
@@ -81,7 +82,7 @@ def bootstrap_scorers(cfg: BootstrapConfig, records: list[dict[str, Any]], media
     for role, preset, steps in (("small", cfg.small_preset, cfg.small_steps), ("large", cfg.large_preset,
                                                                                 cfg.large_steps)):
         path = train_proxy(preset, tokenizer_dir, train, media_root, steps, cfg.batch_size, cfg.lr, seed,
-                           Path(out) / role)
+                           Path(out) / role, cfg.pack_tokens)
         meta = path / "meta.json"  # the trainer's run record, extended with the proxy's identity
         meta.write_text(json.dumps(json.loads(meta.read_text()) | {
             "kind": "deltaloss-proxy", "role": role, "preset": preset, "steps": steps,

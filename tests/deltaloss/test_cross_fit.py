@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def test_each_fold_is_scored_by_proxies_trained_on_the_other_folds(colour_corpus
     monkeypatch.setattr(bootstrap, "bootstrap_scorers", spy_bootstrap)
     monkeypatch.setattr(stage, "score_rows", spy_rows)
     proxies = BootstrapConfig(small_preset="tiny", large_preset="tiny", share=1.0, small_steps=1, large_steps=1,
-                              batch_size=2, folds=2)
+                              batch_size=2, folds=2, pack_tokens=40)
     cfg = ScoreConfig(ray=RayConfig(num_actors=0), bootstrap=proxies)
     out = stage.run_score(cfg, data=colour_corpus, out=tmp_path / "scores", scorers=tmp_path / "scorers",
                           tokenizer=tmp_path / "tok")
@@ -62,5 +63,8 @@ def test_each_fold_is_scored_by_proxies_trained_on_the_other_folds(colour_corpus
     assert set().union(*scored_by.values()) == {"fit", "c1", "c2", "c3", "c4", "c5"}
     used = json.loads((tmp_path / "scorers" / "scorers.json").read_text())
     assert [f["large"].rsplit("/", 2)[-2] for f in used["folds"]] == ["fold-0", "fold-1"]
+    for path in [f[role] for f in used["folds"] for role in ("small", "large")]:
+        layout = json.loads((Path(path) / "meta.json").read_text())["batch_layout"]
+        assert layout.startswith("packed rows of <= max(40,"), f"{path}: the proxies' pack_tokens, got {layout}"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["folds"] == 2 and summary["num_records"] == 6
