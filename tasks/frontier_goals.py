@@ -14,6 +14,18 @@ WITHIN_DELTALOSS = 0.01   # "DeltaLoss keep 0.5 within 1 point of all data"
 WITHIN_STC = 0.02         # "2x2 STC within 2 points of uncompressed"
 TOKEN_RATIO = 4.0         # "... at 4x fewer visual tokens"
 WELL_ABOVE = 0.10         # "Dynamic-S2 well above fixed resize on text reading": 10 points
+# metrics.json keeps accuracies to 5 decimals, so means of rounded accuracies over equal correct counts can differ by
+# about 1e-5 (51 of 135 video answers each: 37.778 against 37.777 in a full run); one answer more is 1/135 = 7e-3.
+TIE = 1e-4
+
+
+def _above(a: float, b: float) -> bool:
+    """a is above b by more than rounding: an exact tie is not an effect."""
+    return a - b > TIE
+
+
+def _at_least(a: float, b: float) -> bool:
+    return a - b >= -TIE
 
 
 def _pct(value: float) -> str:
@@ -28,7 +40,8 @@ def video_accuracy(row: Row, video_subsets: list[str]) -> float:
 
 def deltaloss_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:
     full, delta, rand = r["nvila"], r["deltaloss_0.5"], r["random_0.5"]
-    held = delta["acc_mean"] >= full["acc_mean"] - WITHIN_DELTALOSS and delta["acc_mean"] > rand["acc_mean"]
+    held = (_at_least(delta["acc_mean"], full["acc_mean"] - WITHIN_DELTALOSS)
+            and _above(delta["acc_mean"], rand["acc_mean"]))
     time_ratio = delta["train_seconds"] / full["train_seconds"]
     return held, (f"acc_mean: all data {_pct(full['acc_mean'])}, DeltaLoss 0.5 {_pct(delta['acc_mean'])}, random 0.5 "
                   f"{_pct(rand['acc_mean'])}; training time vs all data {time_ratio:.2f}x "
@@ -38,7 +51,7 @@ def deltaloss_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:
 def stc_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:
     stc, dense = r["nvila"], r["s2_uncompressed"]
     ratio = dense["visual_tokens_per_sample"] / stc["visual_tokens_per_sample"]
-    held = (stc["acc_mean"] >= dense["acc_mean"] - WITHIN_STC and ratio >= 0.95 * TOKEN_RATIO
+    held = (_at_least(stc["acc_mean"], dense["acc_mean"] - WITHIN_STC) and ratio >= 0.95 * TOKEN_RATIO
             and stc["train_seconds"] < dense["train_seconds"])
     return held, (f"acc_mean: 2x2 STC {_pct(stc['acc_mean'])}, uncompressed {_pct(dense['acc_mean'])}; visual tokens "
                   f"{stc['visual_tokens_per_sample']:.0f} vs {dense['visual_tokens_per_sample']:.0f} ({ratio:.2f}x "
@@ -49,8 +62,9 @@ def stc_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:
 def s2_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:
     s2, fixed = r["s2_uncompressed"], r["fixed_uncompressed"]
     gain = s2["acc_text"] - fixed["acc_text"]
-    return gain >= WELL_ABOVE, (f"acc_text: Dynamic-S2 {_pct(s2['acc_text'])}, fixed resize {_pct(fixed['acc_text'])} "
-                                f"({100 * gain:+.1f} points; chance {_pct(s2.get('chance_text', float('nan')))})")
+    return _at_least(gain, WELL_ABOVE), (
+        f"acc_text: Dynamic-S2 {_pct(s2['acc_text'])}, fixed resize {_pct(fixed['acc_text'])} "
+        f"({100 * gain:+.1f} points; chance {_pct(s2.get('chance_text', float('nan')))})")
 
 
 def frames_goal(r: dict[str, Row], video: list[str]) -> tuple[bool, str]:
@@ -59,14 +73,14 @@ def frames_goal(r: dict[str, Row], video: list[str]) -> tuple[bool, str]:
     a, b = video_accuracy(dense, video), video_accuracy(sparse, video)
     flashes = f"; flashes {_pct(dense['acc_flashes'])} vs {_pct(sparse['acc_flashes'])}" if "acc_flashes" in dense \
         and "acc_flashes" in sparse else ""
-    return equal and a > b, (f"video accuracy ({', '.join(video)}): {dense['video_frames']} frames averaged by "
+    return equal and _above(a, b), (f"video accuracy ({', '.join(video)}): {dense['video_frames']} frames averaged by "
                              f"{dense['video_pool']} {_pct(a)}, {sparse['video_frames']} frames by "
                              f"{sparse['video_pool']} {_pct(b)}{flashes}; equal video tokens: {equal}")
 
 
 def peer_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:
     ours, peer = r["nvila"], r["peer"]
-    held = ours["acc_mean"] > peer["acc_mean"] and ours["train_seconds"] <= peer["train_seconds"]
+    held = _above(ours["acc_mean"], peer["acc_mean"]) and ours["train_seconds"] <= peer["train_seconds"]
     return held, (f"acc_mean: NVILA {_pct(ours['acc_mean'])}, peer {_pct(peer['acc_mean'])}; training "
                   f"{ours['train_seconds']:.0f} s ({ours['train_steps']:.0f} steps) vs {peer['train_seconds']:.0f} s "
                   f"({peer['train_steps']:.0f} steps); TTFT {ours['prefill_ms']:.1f} ms vs {peer['prefill_ms']:.1f} ms")
@@ -74,7 +88,7 @@ def peer_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:
 
 def vep_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:
     lite, bare = r["nvila_lite"], r["nvila_lite_no_vep"]
-    return lite["acc_mean"] > bare["acc_mean"], (
+    return _above(lite["acc_mean"], bare["acc_mean"]), (
         f"acc_mean: NVILA-Lite {_pct(lite['acc_mean'])}, without vision-encoder pre-training "
         f"{_pct(bare['acc_mean'])}; 2x2 NVILA {_pct(r['nvila']['acc_mean'])}" if "nvila" in r else
         f"acc_mean: NVILA-Lite {_pct(lite['acc_mean'])}, without vision-encoder pre-training {_pct(bare['acc_mean'])}")
@@ -107,7 +121,7 @@ def evaluate_goals(rows: list[Row], video_subsets: list[str]) -> list[dict[str, 
             out.append({"goal": name, "claim": claim, "held": None, "numbers": f"not measured: {missing} did not run"})
             continue
         held, numbers = judge(by_name, video_subsets)
-        if all(by_name[v]["acc_mean"] <= by_name[v]["chance_mean"] for v in needs):
+        if not any(_above(by_name[v]["acc_mean"], by_name[v]["chance_mean"]) for v in needs):
             # untrained models (e.g. --quick's few steps): no comparison of them says anything about the claim
             out.append({"goal": name, "claim": claim, "held": None,
                         "numbers": f"not measured: every model compared is at or below chance; {numbers}"})

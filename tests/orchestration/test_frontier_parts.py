@@ -143,6 +143,30 @@ def test_a_goal_fails_when_its_claim_does_not_hold(name: str, change: dict, goal
     assert held[goal] is False and sum(h is False for h in held.values()) == 1, held
 
 
+def test_a_tie_in_rounded_accuracies_is_not_an_effect() -> None:
+    """metrics.json keeps 5 decimals: the full run's dense and sparse frames each answered 51 of 135 video questions,
+    and the means of their rounded accuracies differ by 1e-5 (37.778 against 37.777); that is a tie, not held."""
+    from tasks.frontier import frontier_rows
+    from tasks.frontier_goals import evaluate_goals
+
+    points = _all_held()
+    by_name = {p["variant"]: p for p in points}
+    by_name["nvila"]["metrics"].update(acc_motion=0.28889, acc_flashes=0.37778)
+    by_name["sparse_frames"]["metrics"].update(acc_motion=0.24444, acc_flashes=0.42222)
+    held = {g["goal"]: g["held"] for g in evaluate_goals(frontier_rows(points), ["motion", "flashes"])}
+    assert held["frames"] is False, held
+    by_name["sparse_frames"]["metrics"].update(acc_flashes=0.42222 - 1 / 135)  # one answer fewer: an effect
+    held = {g["goal"]: g["held"] for g in evaluate_goals(frontier_rows(points), ["motion", "flashes"])}
+    assert held["frames"] is True, held
+    # the same for a comparison of acc_mean: NVILA level with the peer up to rounding does not beat it
+    by_name["peer"]["metrics"]["acc_mean"] = by_name["nvila"]["metrics"]["acc_mean"] + 1e-5
+    held = {g["goal"]: g["held"] for g in evaluate_goals(frontier_rows(points), ["motion", "flashes"])}
+    assert held["peer"] is False, held
+    by_name["peer"]["metrics"]["acc_mean"] = by_name["nvila"]["metrics"]["acc_mean"] - 1e-5
+    held = {g["goal"]: g["held"] for g in evaluate_goals(frontier_rows(points), ["motion", "flashes"])}
+    assert held["peer"] is False, held
+
+
 def test_a_goal_whose_variants_did_not_run_is_not_measured() -> None:
     from tasks.frontier import frontier_rows
     from tasks.frontier_goals import evaluate_goals
