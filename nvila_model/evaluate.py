@@ -18,7 +18,7 @@ from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
 from nvila_model.device import resolve_device
 from nvila_model.manifest import staged_output, write_stage_manifest
-from nvila_model.train.config import EvalConfig
+from nvila_model.train.config import METRIC_DECIMALS, EvalConfig
 
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve".split())}
@@ -160,7 +160,8 @@ def run_eval(cfg: EvalConfig, datasets: DatasetsConfig, *, data: str | Path | No
     metrics["failed_samples"] = float(len(failures))
     metrics |= efficiency(model, processor, records, cfg.efficiency_samples, cfg.decode_tokens)
     with staged_output(out) as tmp:
-        (tmp / "metrics.json").write_text(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=2))
+        rounded = {k: round(v, METRIC_DECIMALS) for k, v in metrics.items()}
+        (tmp / "metrics.json").write_text(json.dumps(rounded, indent=2))
         with open(tmp / "predictions.jsonl", "w") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")

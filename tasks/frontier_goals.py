@@ -9,14 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from nvila_model.train.config import METRIC_DECIMALS
+
 Row = dict[str, Any]
 WITHIN_DELTALOSS = 0.01   # "DeltaLoss keep 0.5 within 1 point of all data"
 WITHIN_STC = 0.02         # "2x2 STC within 2 points of uncompressed"
 TOKEN_RATIO = 4.0         # "... at 4x fewer visual tokens"
 WELL_ABOVE = 0.10         # "Dynamic-S2 well above fixed resize on text reading": 10 points
-# metrics.json keeps accuracies to 5 decimals, so means of rounded accuracies over equal correct counts can differ by
-# about 1e-5 (51 of 135 video answers each: 37.778 against 37.777 in a full run); one answer more is 1/135 = 7e-3.
-TIE = 1e-4
+# metrics.json rounds accuracies (METRIC_DECIMALS, 5), so means of rounded accuracies over equal correct counts can
+# differ by about 1e-5 (51 of 135 video answers each: 37.778 against 37.777 in a full run); a gap up to ten rounding
+# steps is a tie. One answer more is 1/135 = 7e-3.
+TIE = 10 * 10.0 ** -METRIC_DECIMALS
 
 
 def _above(a: float, b: float) -> bool:
@@ -73,9 +76,10 @@ def frames_goal(r: dict[str, Row], video: list[str]) -> tuple[bool, str]:
     a, b = video_accuracy(dense, video), video_accuracy(sparse, video)
     flashes = f"; flashes {_pct(dense['acc_flashes'])} vs {_pct(sparse['acc_flashes'])}" if "acc_flashes" in dense \
         and "acc_flashes" in sparse else ""
-    return equal and _above(a, b), (f"video accuracy ({', '.join(video)}): {dense['video_frames']} frames averaged by "
-                             f"{dense['video_pool']} {_pct(a)}, {sparse['video_frames']} frames by "
-                             f"{sparse['video_pool']} {_pct(b)}{flashes}; equal video tokens: {equal}")
+    return equal and _above(a, b), (
+        f"video accuracy ({', '.join(video)}): {dense['video_frames']} frames averaged by {dense['video_pool']} "
+        f"{_pct(a)}, {sparse['video_frames']} frames by {sparse['video_pool']} {_pct(b)}{flashes}; equal video "
+        f"tokens: {equal}")
 
 
 def peer_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:

@@ -84,6 +84,9 @@ class TokenizerConfig:
     vocab_size: int | None = Field(default=None, ge=261)  # >= 256 bytes + 5 specials; default: the preset's vocabulary
 
 
+METRIC_DECIMALS = 5  # metrics.json keeps every figure to this many decimals
+
+
 @config
 class EvalConfig:
     """`params.yaml:eval`: which test data and how to decode; the model and folders come from the command line."""

@@ -151,20 +151,20 @@ def test_a_tie_in_rounded_accuracies_is_not_an_effect() -> None:
 
     points = _all_held()
     by_name = {p["variant"]: p for p in points}
+
+    def verdicts() -> dict:
+        return {g["goal"]: g["held"] for g in evaluate_goals(frontier_rows(points), ["motion", "flashes"])}
+
     by_name["nvila"]["metrics"].update(acc_motion=0.28889, acc_flashes=0.37778)
     by_name["sparse_frames"]["metrics"].update(acc_motion=0.24444, acc_flashes=0.42222)
-    held = {g["goal"]: g["held"] for g in evaluate_goals(frontier_rows(points), ["motion", "flashes"])}
-    assert held["frames"] is False, held
+    assert verdicts()["frames"] is False
     by_name["sparse_frames"]["metrics"].update(acc_flashes=0.42222 - 1 / 135)  # one answer fewer: an effect
-    held = {g["goal"]: g["held"] for g in evaluate_goals(frontier_rows(points), ["motion", "flashes"])}
-    assert held["frames"] is True, held
+    assert verdicts()["frames"] is True
     # the same for a comparison of acc_mean: NVILA level with the peer up to rounding does not beat it
     by_name["peer"]["metrics"]["acc_mean"] = by_name["nvila"]["metrics"]["acc_mean"] + 1e-5
-    held = {g["goal"]: g["held"] for g in evaluate_goals(frontier_rows(points), ["motion", "flashes"])}
-    assert held["peer"] is False, held
+    assert verdicts()["peer"] is False
     by_name["peer"]["metrics"]["acc_mean"] = by_name["nvila"]["metrics"]["acc_mean"] - 1e-5
-    held = {g["goal"]: g["held"] for g in evaluate_goals(frontier_rows(points), ["motion", "flashes"])}
-    assert held["peer"] is False, held
+    assert verdicts()["peer"] is False
 
 
 def test_a_goal_whose_variants_did_not_run_is_not_measured() -> None:
