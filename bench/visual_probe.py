@@ -2,10 +2,11 @@
 linear probe (logistic regression) of the answer from each picture's visual tokens, mean- and max-pooled, per model
 variant (the frontier's: a fixed resize against Dynamic-S2 + STC by default).
 
-A probe well above chance at a fixed resize means the pictures do not need high resolution for that question,
-whatever a trained model then makes of them; a probe above chance where the trained model answers at chance means
-the information reaches the LLM and the training does not teach it to read it. Pooling discards where a token is, so
-questions about positions (spatial) can not be probed this way and are left out.
+A probe well above chance at a fixed resize means a fixed resize leaves the answer readable, so a low-resolution
+model can learn it too; a probe above chance where the trained model answers at chance means the information reaches
+the LLM and the training does not teach it to read it. Pooling discards where a token is: a probe's accuracy is a
+lower bound on what the tokens hold (the order of a word's letters is lost with it), and questions about positions
+(spatial) can not be probed this way and are left out.
 
 Records are generated in memory with the frontier's corpus settings (params.yaml `frontier.settings`; --standard:
 the standard corpus), from the defect-free splits (val to fit, test to score). Models are freshly initialised
