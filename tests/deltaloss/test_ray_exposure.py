@@ -78,8 +78,9 @@ def short_tmpdir(monkeypatch):
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _kinds_seen(seen: dict[tuple[str, int], str]) -> set[str]:
-    return {kind for kind, marker in {"driver": "driver", **KINDS}.items() if any(marker in c for c in seen.values())}
+def _kinds_seen(seen: dict[tuple[str, int], set[str]]) -> set[str]:
+    return {kind for kind, marker in {"driver": "driver", **KINDS}.items()
+            if any(marker in c for cmds in seen.values() for c in cmds)}
 
 
 def test_local_instance_listens_on_loopback_only_and_leaves_no_temp_files(tmp_path: Path, short_tmpdir: Path) -> None:
@@ -88,7 +89,9 @@ def test_local_instance_listens_on_loopback_only_and_leaves_no_temp_files(tmp_pa
     # toy scorer's 60 s), so a loaded machine can not end the pool before a sample catches each kind.
     gate = tmp_path / "gate"
     records = [{**r, "gate": str(gate)} for r in _records(12)]
-    seen: dict[tuple[str, int], str] = {}
+    # Every command line each listener was seen with: an exiting process reads as an empty one, and a sample taken
+    # while an actor goes down must not erase what an earlier sample saw it as.
+    seen: dict[tuple[str, int], set[str]] = {}
     temp_entries: set[str] = set()
     done = threading.Event()
     earlier = _descendants()
@@ -96,7 +99,9 @@ def test_local_instance_listens_on_loopback_only_and_leaves_no_temp_files(tmp_pa
 
     def watch() -> None:  # sample the sockets while the pool is up
         while not done.wait(0.2):
-            seen.update({k: v for k, v in _listeners(earlier).items() if k not in open_before})
+            for k, cmd in _listeners(earlier).items():
+                if k not in open_before:
+                    seen.setdefault(k, set()).add(cmd)
             temp_entries.update(os.listdir(short_tmpdir))
             if len(_kinds_seen(seen)) == 1 + len(KINDS):
                 gate.touch()
@@ -111,7 +116,8 @@ def test_local_instance_listens_on_loopback_only_and_leaves_no_temp_files(tmp_pa
     assert rows == score_records_local(_pair(), records, batch_size=2)
     missing = {"driver", *KINDS} - _kinds_seen(seen)
     assert not missing, f"no listener seen of: {sorted(missing)}; seen: {seen}"
-    exposed = {f"{ip}:{port}": cmd[:100] for (ip, port), cmd in seen.items() if not _is_loopback(ip)}
+    exposed = {f"{ip}:{port}": sorted(c[:100] for c in cmds) for (ip, port), cmds in seen.items()
+               if not _is_loopback(ip)}
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert temp_entries  # the session lived in TMPDIR
     assert os.listdir(short_tmpdir) == []  # and is gone
