@@ -30,9 +30,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, write_results  # noqa: E402
+from flows.variants import VARIANTS, run_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROBED = ("attributes", "counting", "text", "chart")  # single-image subsets whose answers do not depend on position
+MODELS = [name for name, v in VARIANTS.items() if v.group != "peer"]  # the frontier's NVILA-model variants
 
 
 def corpus_params(standard: bool) -> dict[str, Any]:
@@ -88,7 +90,6 @@ def variant_model(name: str, params: dict[str, Any], tokenizer: Any, checkpoint:
     """(model, processor) of a frontier variant: built from its model settings and seeded, or loaded."""
     import torch
 
-    from flows.variants import VARIANTS, run_settings
     from nvila_model.checkpoint import load_checkpoint
     from nvila_model.modeling import NVILAForConditionalGeneration
     from nvila_model.presets import build_config
@@ -106,7 +107,7 @@ def variant_model(name: str, params: dict[str, Any], tokenizer: Any, checkpoint:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subsets", nargs="+", default=list(PROBED), choices=PROBED)
-    parser.add_argument("--variants", nargs="+", default=["fixed_uncompressed", "nvila"])
+    parser.add_argument("--variants", nargs="+", default=["fixed_uncompressed", "nvila"], choices=MODELS)
     parser.add_argument("--fit", type=int, default=400, help="records per subset the probe is fitted on (val)")
     parser.add_argument("--score", type=int, default=200, help="records per subset the probe is scored on (test)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="VARIANT=DIR")
