@@ -30,24 +30,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, write_results  # noqa: E402
+from flows.config import check_params, load_frontier_config  # noqa: E402
 from flows.variants import VARIANTS, run_settings  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 PROBED = ("attributes", "counting", "text", "chart")  # single-image subsets whose answers do not depend on position
 MODELS = [name for name, v in VARIANTS.items() if v.group != "peer"]  # the frontier's NVILA-model variants
 
 
+def base_settings(standard: bool) -> dict[str, Any]:
+    """The settings every frontier run starts from (`frontier.settings`); none for the standard corpus."""
+    return {} if standard else load_frontier_config(PARAMS).settings
+
+
 def corpus_params(standard: bool) -> dict[str, Any]:
-    """params.yaml, with the frontier's settings written in unless `standard`."""
-    import yaml
-
-    from nvila_model.params import assign
-
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    if not standard:
-        for key, value in data["frontier"]["settings"].items():
-            assign(data, key, value)
-    return data
+    """params.yaml with the frontier's settings written in unless `standard`, checked as a frontier run's are."""
+    return check_params(PARAMS, base_settings(standard))
 
 
 def probe_records(generate: dict[str, Any], subset: str, split: str, count: int, seed: int) -> list[dict[str, Any]]:
@@ -86,8 +84,8 @@ def pooled_tokens(model: Any, processor: Any, scenes: list[dict[str, Any]], subs
     return np.stack(out)
 
 
-def variant_model(name: str, params: dict[str, Any], tokenizer: Any, checkpoint: str | None, seed: int):
-    """(model, processor) of a frontier variant: built from its model settings and seeded, or loaded."""
+def variant_model(name: str, standard: bool, tokenizer: Any, checkpoint: str | None, seed: int):
+    """(model, processor) of a frontier variant: built, seeded, from the params its frontier run reads, or loaded."""
     import torch
 
     from nvila_model.checkpoint import load_checkpoint
@@ -97,9 +95,8 @@ def variant_model(name: str, params: dict[str, Any], tokenizer: Any, checkpoint:
 
     if checkpoint:
         return load_checkpoint(checkpoint, device="cpu")
-    settings = run_settings(VARIANTS[name], params["frontier"]["settings"], None)
-    overrides = {**params["model"]["overrides"], **settings.get("model.overrides", {})}
-    config = build_config(params["model"]["preset"], **overrides)
+    model = check_params(PARAMS, run_settings(VARIANTS[name], base_settings(standard), None))["model"]
+    config = build_config(model["preset"], **model["overrides"])
     torch.manual_seed(seed)
     return NVILAForConditionalGeneration(config).eval(), NVILAProcessor(tokenizer, config)
 
@@ -140,7 +137,7 @@ def main() -> None:
             rows.append({"subset": subset, "question": qtype, "chance": 1 / len(answers), "fit": len(fit),
                          "score": len(score), "_records": (fit, score)})
     for variant in args.variants:
-        model, processor = variant_model(variant, params, tokenizer, checkpoints.get(variant), args.seed)
+        model, processor = variant_model(variant, args.standard, tokenizer, checkpoints.get(variant), args.seed)
         for row in rows:
             fit, score = row["_records"]
             features = [pooled_tokens(model, processor, [r["scene"] for r in recs], row["subset"])
