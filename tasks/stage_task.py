@@ -106,12 +106,14 @@ def _failure(stage: str, lines: list[str]) -> StageFailed:
 def run_dvc(stage: str, ws: Workspace, env: dict[str, str]) -> None:
     """`dvc repro --single-item stage` in the workspace, its output streamed to the task log line by line.
 
+    Not `--quiet`: that hides DVC's own ERROR lines too, so a stage DVC refuses to run (a listed param missing from
+    params.yaml, a missing dependency) or a command's exit status would fail without a word.
     An interrupt stops the stage command (SIGINT, then SIGKILL after a grace period) before it propagates: a
     training stage keeps its last periodic checkpoint, from which a re-run resumes.
     """
     logger = get_run_logger()
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--quiet", "--single-item",
-                             stage], cwd=ws.root, env={**os.environ, **ws.env(), **env}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
+                            cwd=ws.root, env={**os.environ, **ws.env(), **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
     with _LIVE_LOCK:
         _LIVE[proc] = str(ws.root)

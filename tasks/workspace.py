@@ -186,7 +186,7 @@ def save_experiment(ws: Workspace, stages: list[str], push: bool = True) -> str:
             f"{ws.name}-{i}" for i in range(2, 1000) if f"{ws.name}-{i}" not in names)
         dvc(["exp", "save", "--name", name, *targets], ws.root, ws.env())
     if push and ws.default_remote:
-        dvc(["push", "--quiet", *targets], ws.root, ws.env())
+        dvc(["push", *targets], ws.root, ws.env())  # not --quiet: it hides DVC's error, the failure's one line
     return name
 
 
