@@ -125,9 +125,17 @@ def check_params(path: str | Path, overrides: dict[str, Any] | None = None) -> d
     data = with_overrides(read_params(path), overrides or {})
     problems = []
     try:
-        load_params(path, data=data)
+        configs = load_params(path, data=data)
     except ValueError as exc:
         problems += str(exc).splitlines()
+    else:
+        if configs.get("peers") and "peer" in configs:  # a peer's steps may come from the stages' (across keys)
+            from nvila_model.peer.config import matched_steps
+
+            try:
+                matched_steps(configs["peer"], configs)
+            except ValueError as exc:
+                problems.append(f"{path}: {exc}")
     for key, cls in ORCHESTRATION.items():
         try:
             parse(cls, data.get(key), f"{path}: {key}")

@@ -41,8 +41,10 @@ def video_recipe(variant: Variant, data: dict[str, Any]) -> tuple[int, int]:
 def check_variants(variants: list[Variant], base: dict[str, Any], shortcuts: dict[str, Any],
                    params: Path) -> dict[str, dict[str, Any]]:
     """Every variant's whole params file with its settings written in, checked before the first run starts (a bad
-    setting stops the frontier at once, not hours in)."""
-    return {v.name: check_params(params, {**run_settings(v, base, None), **shortcuts}) for v in variants}
+    setting stops the frontier at once, not hours in). With the reference among them, the peer's steps will be the
+    reference's: a stand-in count checks its settings."""
+    steps = 1 if any(v.name == REFERENCE for v in variants) else None
+    return {v.name: check_params(params, {**run_settings(v, base, steps), **shortcuts}) for v in variants}
 
 
 @flow(name="efficient-frontier", log_prints=True)

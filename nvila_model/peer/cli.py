@@ -23,12 +23,15 @@ def train(
     out: Path = typer.Option(..., "--out", help="output folder"),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="params file"),
 ) -> None:
-    """Train a peer from scratch on all the training data (`peer` key; sizes from the `model` preset)."""
-    from nvila_model.params import load_params
+    """Train a peer from scratch on all the training data (`peer` key; sizes from the `model` preset; steps, when
+    `peer.max_steps` is null, from the five NVILA stages' `max_steps`)."""
+    from nvila_model.params import TRAIN_STAGES, load_params
+    from nvila_model.peer.config import matched_steps
     from nvila_model.peer.train import run_peer_train
     from nvila_model.tracking import current_tracker
 
-    configs = load_params(params, keys=["peer", "model", "datasets"])
-    out = run_peer_train(family, configs["peer"], configs["model"], configs["datasets"], data=data,
+    configs = load_params(params, keys=["peer", "model", "datasets", *TRAIN_STAGES])
+    peer = matched_steps(configs["peer"], configs)
+    out = run_peer_train(family, peer, configs["model"], configs["datasets"], data=data,
                          tokenizer=tokenizer, out=out, tracker=current_tracker())
     typer.echo(f"wrote {out}")

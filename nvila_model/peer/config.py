@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from nvila_model.data.config import SAMPLE_CACHE_MB
-from nvila_model.params import config
+from nvila_model.params import TRAIN_STAGES, config
+
+if TYPE_CHECKING:
+    from nvila_model.train.config import StageConfig
 
 # `params.yaml:peers`: the peer families dvc.yaml trains and evaluates (stages `peer@NAME`, `eval_peer@NAME`); none by
 # default. `llava`: transformers' LlavaForConditionalGeneration (SigLIP + 2-layer MLP + Qwen2), what a user would
@@ -30,7 +34,8 @@ class PeerConfig:
     batch_size: int = Field(default=32, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int = Field(default=-1, ge=-1)  # > 0 overrides epochs
+    # > 0 overrides epochs; null: as many optimizer steps as the five NVILA stages together (`matched_steps`)
+    max_steps: int | None = Field(default=-1, ge=-1)
     max_length: int = Field(default=1024, ge=16)
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -48,3 +53,21 @@ class PeerConfig:
         if self.save_steps % self.logging_steps:
             raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of logging_steps "
                              f"({self.logging_steps})")
+
+
+def matched_steps(cfg: PeerConfig, stages: dict[str, StageConfig]) -> PeerConfig:
+    """`cfg` with `max_steps: null` resolved to the optimizer steps of the five NVILA stages together (the `max_steps`
+    of each enabled one), so the peer gets NVILA's updates without a second copy of their count. A stage trained by
+    epochs has no count before it runs: then the peer's steps must be set (the frontier sets them from its reference's
+    run)."""
+    if cfg.max_steps is not None:
+        return cfg
+    missing = [name for name in TRAIN_STAGES if name not in stages]
+    if missing:
+        raise ValueError(f"peer.max_steps: null takes the NVILA stages' max_steps together; no {', '.join(missing)}")
+    enabled = {name: stages[name] for name in TRAIN_STAGES if stages[name].enabled}
+    by_epochs = [name for name, stage in enabled.items() if stage.max_steps < 0]
+    if by_epochs:
+        raise ValueError(f"peer.max_steps: null takes the NVILA stages' max_steps together, but {', '.join(by_epochs)} "
+                         "train by epochs (max_steps -1): set peer.max_steps")
+    return dataclasses.replace(cfg, max_steps=sum(stage.max_steps for stage in enabled.values()))

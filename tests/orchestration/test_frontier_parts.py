@@ -216,6 +216,41 @@ def test_a_run_with_peers_reports_and_costs_each_peer() -> None:
     assert [c["column"] for c in chains(check_params(PARAMS), "nvila-{preset}")] == ["trained"], "none by default"
 
 
+STEPS = {"projector_init.max_steps": 1, "vision_pretrain.max_steps": 2, "token_pretrain.max_steps": 4,
+         "image_sft.max_steps": 8, "video_sft.max_steps": 16}
+
+
+def test_the_peer_trains_as_many_steps_as_the_five_stages_unless_set(tmp_path: Path, monkeypatch) -> None:
+    """`peer.max_steps: null` (params.yaml) is the enabled NVILA stages' max_steps together, resolved where the peer
+    trains; a stage trained by epochs has no count, so the check asks for the peer's steps before anything runs."""
+    import yaml
+    from typer.testing import CliRunner
+
+    import nvila_model.peer.train
+    from flows.cli import app
+    from flows.frontier import check_variants
+
+    assert check_params(PARAMS)["peer"]["max_steps"] is None, "the shipped default: matched to the stages"
+    seen = []
+    monkeypatch.setattr(nvila_model.peer.train, "run_peer_train", lambda family, cfg, *a, **k: seen.append(cfg))
+    for settings, steps in (({}, 31), ({"vision_pretrain.enabled": False}, 29), ({"peer.max_steps": 5}, 5)):
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump(check_params(PARAMS, {"peers": ["llava"], **STEPS, **settings})))
+        result = CliRunner().invoke(app, ["peer", "train", "llava", "--data", "d", "--tokenizer", "t", "--out", "o",
+                                          "--params", str(params)])
+        assert result.exit_code == 0, result.output
+        assert seen.pop().max_steps == steps, settings
+    with pytest.raises(ValueError, match=r"params.yaml: peer.max_steps: null takes the NVILA stages' max_steps "
+                                         r"together, but image_sft, video_sft train by epochs"):
+        check_params(PARAMS, {"peers": ["llava"], "image_sft.max_steps": -1, "video_sft.max_steps": -1})
+    assert check_params(PARAMS, {"image_sft.max_steps": -1})["peers"] == [], "no peer, no count needed"
+    base = load_frontier_config(PARAMS).settings  # the SFT stages train by epochs there
+    with pytest.raises(ValueError, match="train by epochs"):
+        check_variants([VARIANTS["peer"]], base, {}, PARAMS)
+    assert set(check_variants(ordered(["peer", "nvila"]), base, {}, PARAMS)) == {"nvila", "peer"}, (
+        "the reference's run gives the peer its steps")
+
+
 def test_every_variants_validation_keeps_the_many_tile_images_of_the_quick_corpus(tmp_path: Path) -> None:
     """The model decides how many tokens an image takes, so each variant's token limits must fit its own model: the
     many-tile subsets (chart, text) of the --quick corpus pass each variant's validation (s2_uncompressed, 4x the
