@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import field
+from dataclasses import field, replace
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -70,4 +69,4 @@ def matched_steps(cfg: PeerConfig, stages: dict[str, StageConfig]) -> PeerConfig
     if by_epochs:
         raise ValueError(f"peer.max_steps: null takes the NVILA stages' max_steps together, but {', '.join(by_epochs)} "
                          "train by epochs (max_steps -1): set peer.max_steps")
-    return dataclasses.replace(cfg, max_steps=sum(stage.max_steps for stage in enabled.values()))
+    return replace(cfg, max_steps=sum(stage.max_steps for stage in enabled.values()))
