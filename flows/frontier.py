@@ -90,7 +90,7 @@ def efficient_frontier(
         frames, pool = video_recipe(variant, data)
         points.append({"variant": variant.name, "label": variant.label, "group": variant.group,
                        "metrics": result["metrics"][variant.column], "cost": result["train_cost"],
-                       "stage_seconds": result["stage_seconds"],
+                       "stage_seconds": result["stage_seconds"], "defects_removed": result["defects_removed"],
                        "uses_scores": data["prune"]["method"] == "deltaloss" and data["prune"]["keep_ratio"] < 1,
                        "video_frames": frames, "video_pool": pool, "experiment": result["experiment"],
                        "mlflow_run_id": result["mlflow_run_id"]})

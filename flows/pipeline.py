@@ -96,6 +96,15 @@ def training_cost(ws: Workspace, order: list[str]) -> dict[str, dict[str, float]
     return cost
 
 
+def pruning_effect(ws: Workspace, order: list[str]) -> dict[str, float]:
+    """The share of each injected defect kind (`noise`: wrong answers, `duplicate`) that the run's `prune` removed
+    (its `summary.json`); empty when the run has no `prune` or the corpus tags no defects (real data)."""
+    if "prune" not in order:
+        return {}
+    summary = json.loads((output_dir(ws.root, "prune") / "summary.json").read_text())
+    return {kind: float(share) for kind, share in summary["defects_removed_share"].items()}
+
+
 def _report(run: RunContext, ws: Workspace, order: list[str], results: list[dict[str, Any]], experiment: str,
             models: list[dict[str, str]], best_metric: str) -> dict[str, dict[str, float]]:
     """Metrics to the parent run, the Prefect artifact (only when the run evaluated), models to the registry."""
@@ -140,7 +149,8 @@ def nvila_pipeline(
     folder) adapts that model instead of training one: it is imported, fine-tuned, quantized, evaluated and
     registered (an `init_checkpoints` entry named after the folder). `apply` brings the finished experiment into the
     project's working tree (a run of every stage only). Returns the experiment name, the MLflow parent run, what
-    each stage did, the eval metrics and the training stages' cost.
+    each stage did, the eval metrics, the training stages' cost and the share of each injected defect that `prune`
+    removed.
     """
     project = project_dir()
     settings = run_overrides({"preset": preset, "seed": seed, "keep_ratio": keep_ratio,
@@ -176,6 +186,7 @@ def nvila_pipeline(
             tags = {"dvc.experiment": exp, **dvc_lock_hashes(ws.root)}
             columns = _report(run, ws, order, results, exp, models, best_metric)
             cost = training_cost(ws, order)
+            removed = pruning_effect(ws, order)
             status = run_status(True)
         except KeyboardInterrupt:
             status = "KILLED"
@@ -191,4 +202,4 @@ def nvila_pipeline(
     return {"experiment": exp, "mlflow_run_id": run.parent_run_id, "applied": applied,
             "stages": {r["stage"]: "restored" if r["cached"] else "ran" for r in results},
             "stage_seconds": {r["stage"]: r["seconds"] for r in results},
-            "metrics": columns, "train_cost": cost}
+            "metrics": columns, "train_cost": cost, "defects_removed": removed}

@@ -45,7 +45,8 @@ def frontier_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     A point is what the frontier collected from a variant's pipeline run: `variant`, `label`, `group`, the eval
     `metrics`, the run's `cost` per stage, `stage_seconds` (each stage's wall seconds in this run), `uses_scores`,
-    `video_frames` / `video_pool`, experiment and MLflow run.
+    `defects_removed` (the share of the corpus's injected label noise and duplicates its `prune` removed: what the
+    scores found, against a random choice's share), `video_frames` / `video_pool`, experiment and MLflow run.
     """
     subsets = subsets_of(points)
     rows = []
@@ -60,6 +61,8 @@ def frontier_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                "train_steps": sum(c["train_steps"] for c in trained),
                "score_seconds": cost["score"]["train_seconds"] if p["uses_scores"] and "score" in cost else 0.0,
                "run_seconds": sum(p["stage_seconds"].values()),
+               "noise_removed": p["defects_removed"].get("noise", math.nan),
+               "duplicate_removed": p["defects_removed"].get("duplicate", math.nan),
                "video_frames": p["video_frames"], "video_pool": p["video_pool"],
                **{k: m.get(k, math.nan) for k in EFFICIENCY},
                "experiment": p.get("experiment", ""), "mlflow_run_id": p.get("mlflow_run_id", "")}
@@ -80,14 +83,16 @@ def markdown_report(rows: list[dict[str, Any]], goals: list[dict[str, Any]], sub
     """The variants table (accuracy in %, per subset with chance in the header) and the goals table."""
     chance = {s: next((r[f"chance_{s}"] for r in rows if f"chance_{s}" in r), math.nan) for s in subsets}
     cols = ["variant", "acc_mean ± s.e.", "chance", *[f"{s} ({_pct(chance[s])})" for s in subsets], "train s",
-            "steps", "run s", "TTFT ms", "visual tokens", "DVC experiment"] + (["MLflow run"] if links else [])
+            "steps", "run s", "noise / duplicates removed %", "TTFT ms", "visual tokens",
+            "DVC experiment"] + (["MLflow run"] if links else [])
     lines = [header, "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"] if header else \
         ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for r in rows:
         cells = [f"**{r['variant']}**", f"{_pct(r['acc_mean'])} ± {_pct(r['se'])}", _pct(r["chance_mean"]),
                  *[_pct(r.get(f"acc_{s}", math.nan)) for s in subsets],
                  f"{r['train_seconds']:.0f}" + (f" (+{r['score_seconds']:.0f} scoring)" if r["score_seconds"] else ""),
-                 f"{r['train_steps']:.0f}", f"{r['run_seconds']:.0f}", f"{r['prefill_ms']:.1f}",
+                 f"{r['train_steps']:.0f}", f"{r['run_seconds']:.0f}",
+                 f"{_pct(r['noise_removed'])} / {_pct(r['duplicate_removed'])}", f"{r['prefill_ms']:.1f}",
                  f"{r['visual_tokens_per_sample']:.0f}",
                  f"`{r['experiment']}`"]
         if links:

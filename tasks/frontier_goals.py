@@ -48,7 +48,8 @@ def deltaloss_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:
     time_ratio = delta["train_seconds"] / full["train_seconds"]
     return held, (f"acc_mean: all data {_pct(full['acc_mean'])}, DeltaLoss 0.5 {_pct(delta['acc_mean'])}, random 0.5 "
                   f"{_pct(rand['acc_mean'])}; training time vs all data {time_ratio:.2f}x "
-                  f"(+ scoring {delta['score_seconds']:.0f} s)")
+                  f"(+ scoring {delta['score_seconds']:.0f} s); label noise removed: DeltaLoss "
+                  f"{_pct(delta['noise_removed'])}%, random {_pct(rand['noise_removed'])}%")
 
 
 def stc_goal(r: dict[str, Row], _: list[str]) -> tuple[bool, str]:

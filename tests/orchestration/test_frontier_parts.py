@@ -68,6 +68,9 @@ def test_the_reference_runs_first_and_settings_stack() -> None:
     assert merged["model.overrides"] == {"s2_scales": [32, 64], "projector": "none", "dynamic_s2": False}
 
 
+REMOVED = {"deltaloss_0.5": {"noise": 0.75, "duplicate": 0.25}, "random_0.5": {"noise": 0.5, "duplicate": 0.5}}
+
+
 def _point(name: str, acc: float, seconds: float, steps: float = 100.0, text: float = 0.5, video: float = 0.5,
            tokens: float = 100.0, frames: tuple[int, int] = (32, 4), prefill: float = 10.0) -> dict:
     metrics = {"acc_mean": acc, "chance_mean": 0.3, "acc_text": text, "chance_text": 0.125, "acc_flashes": video,
@@ -78,6 +81,7 @@ def _point(name: str, acc: float, seconds: float, steps: float = 100.0, text: fl
             "score": {"train_seconds": 99.0, "train_steps": 5.0, "train_records": 20.0}}
     return {"variant": name, "label": name, "group": VARIANTS[name].group, "metrics": metrics, "cost": cost,
             "stage_seconds": {"score": 0.5, "image_sft": seconds / 2, "video_sft": seconds / 2, "eval": 3.0},
+            "defects_removed": REMOVED.get(name, {"noise": 0.0, "duplicate": 0.0}),
             "uses_scores": name == "deltaloss_0.5", "video_frames": frames[0], "video_pool": frames[1],
             "experiment": f"exp-{name}", "mlflow_run_id": ""}
 
@@ -98,6 +102,10 @@ def test_rows_sum_the_training_stages_and_count_scoring_only_where_used() -> Non
     assert rows["nvila"]["train_seconds"] == 100 and rows["nvila"]["train_steps"] == 100
     assert rows["nvila"]["score_seconds"] == 0 and rows["deltaloss_0.5"]["score_seconds"] == 99.0
     assert rows["nvila"]["run_seconds"] == 103.5  # every stage's wall seconds in the variant's run
+    assert (rows["deltaloss_0.5"]["noise_removed"], rows["deltaloss_0.5"]["duplicate_removed"]) == (0.75, 0.25)
+    assert rows["nvila"]["noise_removed"] == 0.0
+    real_data = frontier_rows([{**_point("nvila", 0.7, 1), "defects_removed": {}}])[0]  # no defect tags
+    assert math.isnan(real_data["noise_removed"]) and math.isnan(real_data["duplicate_removed"])
     assert rows["nvila"]["acc_text"] == 0.5 and rows["nvila"]["chance_text"] == 0.125
     # one standard error of the mean of 3 subsets of 30 samples each, all at 0.5
     assert rows["nvila"]["se"] == pytest.approx(math.sqrt(3 * 0.25 / 30) / 3)
@@ -199,7 +207,9 @@ def test_report_files_table_and_plot(tmp_path: Path) -> None:
     assert "# The efficient frontier (quick, 10.0 min)" in table
     assert "| variant | acc_mean ± s.e. | chance | flashes (33.3) | motion (25.0) | text (12.5) |" in table
     assert "| **deltaloss_0.5** | 69.5 ± " in table
-    assert "55 (+99 scoring) | 100 | 58 | 10.0 | 100 | `exp-deltaloss_0.5` |" in table  # run s: 0.5 + 27.5 + 27.5 + 3
+    # run s: 0.5 + 27.5 + 27.5 + 3; then the label noise and duplicates its pruning removed
+    assert "55 (+99 scoring) | 100 | 58 | 75.0 / 25.0 | 10.0 | 100 | `exp-deltaloss_0.5` |" in table
+    assert "label noise removed: DeltaLoss 75.0%, random 50.0%" in table
     assert table.count("**held**") == 6
     assert paths["png"].stat().st_size > 20_000
     assert "MLflow run |" in markdown_report(rows, goals, ["text"], links=True)

@@ -132,7 +132,10 @@ def test_a_second_run_restores_what_is_unchanged_and_trains_on_its_own_subset(ru
     assert [s for s, how in second["stages"].items() if how == "ran"] == ["prune", "image_sft", "video_sft", "eval"]
     exp = _experiments(root)[second["experiment"]]
     assert exp["params"]["prune"]["keep_ratio"] == 0.5
-    assert _read(root, "data/pruned/summary.json", exp["rev"])["keep_ratio"] == 0.5
+    pruned = _read(root, "data/pruned/summary.json", exp["rev"])
+    assert pruned["keep_ratio"] == 0.5
+    assert second["defects_removed"] == pruned["defects_removed_share"] and set(second["defects_removed"]) == {
+        "duplicate", "noise"}, "the run reports the share of each injected defect its pruning removed"
     meta = _read(root, "runs/image_sft/meta.json", exp["rev"])
     assert meta["inputs"]["pruned"]["path"] == "data/pruned/train.jsonl"
     full = _read(root, "runs/image_sft/meta.json", _experiments(root)[first["experiment"]]["rev"])
