@@ -139,7 +139,8 @@ def publish_frontier(points: list[dict[str, Any]], video_subsets: list[str], exp
         tracker.log_params({"variants": ",".join(r["variant"] for r in rows), "mode": about["mode"]})
         for r in rows:
             tracker.log_metrics({f"{r['variant']}.{k}": float(r[k]) for k in (
-                "acc_mean", "train_seconds", "train_steps", "prefill_ms", "visual_tokens_per_sample")})
+                "acc_mean", "train_seconds", "train_steps", "prefill_ms", "visual_tokens_per_sample",
+                "noise_removed", "duplicate_removed") if not math.isnan(r[k])})  # NaN: a corpus without defect tags
         tracker.log_metrics({f"goal.{g['goal']}": float(g["held"]) for g in goals if g["held"] is not None})
         tracker.log_metrics({"wall_seconds": float(about["wall_seconds"])})
         for path in paths.values():

@@ -67,6 +67,8 @@ def test_frontier_quick_flow_tiny(tmp_path, monkeypatch, prefect_server, latest_
     summary = client.search_runs([experiment.experiment_id], "tags.kind = 'frontier'")
     assert len(summary) == 1 and summary[0].info.run_id == report["mlflow_run_id"]
     assert summary[0].data.metrics["peer.acc_mean"] == pytest.approx(rows["peer"]["acc_mean"])
+    assert rows["nvila"]["noise_removed"] == 0.0, "the corpus's injected noise, all kept at keep ratio 1"
+    assert summary[0].data.metrics["nvila.noise_removed"] == 0.0
     logged = {a.path for a in client.list_artifacts(report["mlflow_run_id"], "frontier")}
     assert {"frontier/frontier.md", "frontier/frontier.json", "frontier/frontier.png"} <= logged
 
