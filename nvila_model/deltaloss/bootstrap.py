@@ -10,6 +10,7 @@ trained for a few hundred steps only separates what is easy to learn from what c
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -32,9 +33,14 @@ def proxy_share(records: list[dict[str, Any]], share: float, seed: int) -> list[
 
 def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, Any]], media_root: str | Path,
                 steps: int, batch_size: int, lr: float, seed: int, out: str | Path,
-                pack_tokens: int | None = None) -> Path:
-    """Train preset `preset` from scratch for `steps` steps on `records` (all modules, one LR) with the project
-    trainer, packing rows of at most `pack_tokens` (None: the trainer's default); save a checkpoint dir to `out`."""
+                pack_tokens: int | None = None, align_steps: int = 0, vision_lr_ratio: float = 1.0) -> Path:
+    """Train preset `preset` from scratch with the project trainer and save a checkpoint dir to `out`: first
+    `align_steps` of alignment on the image records, the LLM frozen (half the projector alone, half the vision
+    tower with it), then `steps` on all records and modules; one LR (`lr`, the vision tower's times
+    `vision_lr_ratio`), packed rows of at most `pack_tokens` (None: the trainer's default). Each alignment phase
+    is written beside `out` (`<out>-align-projector`, `<out>-align-vision`); the next starts from it."""
+    from nvila_model.checkpoint import load_checkpoint
+    from nvila_model.data.manifest import record_kind
     from nvila_model.data.registry import absolute_media
     from nvila_model.modeling import NVILAForConditionalGeneration
     from nvila_model.presets import build_config
@@ -43,20 +49,34 @@ def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, 
     from nvila_model.train.config import MODULES, StageConfig
     from nvila_model.train.stage import fingerprint, fit, work_dir
 
-    def make_model():
+    def fresh_model():
         tokenizer = load_tokenizer(tokenizer_dir)
         config = build_config(preset)
         if len(tokenizer) > config.text_config.vocab_size:
             config = build_config(preset, **{"text.vocab_size": len(tokenizer)})
+        config.text_config.pad_token_id = tokenizer.pad_token_id
+        config.text_config.eos_token_id = tokenizer.eos_token_id
         return NVILAForConditionalGeneration(config), NVILAProcessor(tokenizer, config)
 
-    cfg = StageConfig(train_modules=list(MODULES), lr=dict.fromkeys(MODULES, lr), datasets=["bootstrap-share"],
-                      batch_size=batch_size, max_steps=steps, pack_tokens=pack_tokens, max_grad_norm=5.0,
-                      save_steps=steps, logging_steps=steps, seed=seed, resume=False)
     absolute = [absolute_media(r, Path(media_root)) for r in records]
-    stage = f"proxy-{preset}"
-    work = work_dir(stage, fingerprint(stage, cfg, {"preset": preset}, {"tokenizer": str(tokenizer_dir)}))
-    return fit(stage, cfg, make_model, absolute, {"tokenizer": str(tokenizer_dir)}, Path(out), work)
+    images = [r for r in absolute if record_kind(r) in ("image", "images")]
+    if align_steps and not images:
+        raise ValueError("score.bootstrap.large_align_steps: the proxy's records hold no images to align on")
+    lrs = dict.fromkeys(MODULES, lr) | {"vision_tower": lr * vision_lr_ratio}
+    phases = [("-align-projector", align_steps // 2, ["projector"], images),
+              ("-align-vision", align_steps - align_steps // 2, ["vision_tower", "projector"], images),
+              ("", steps, list(MODULES), absolute)]
+    make_model, inputs = fresh_model, {"tokenizer": str(tokenizer_dir)}
+    for suffix, count, modules, phase_records in [phase for phase in phases if phase[1] > 0]:
+        cfg = StageConfig(train_modules=modules, lr={m: lrs[m] for m in modules}, datasets=["bootstrap-share"],
+                          batch_size=batch_size, max_steps=count, pack_tokens=pack_tokens, max_grad_norm=5.0,
+                          save_steps=count, logging_steps=count, seed=seed, resume=False)
+        stage = f"proxy-{preset}{suffix}"
+        work = work_dir(stage, fingerprint(stage, cfg, {"preset": preset}, inputs))
+        path = fit(stage, cfg, make_model, phase_records, inputs, Path(f"{out}{suffix}"), work)
+        make_model = functools.partial(load_checkpoint, path, device=None, allow_quantized=False)
+        inputs = {"init_from": str(path)}
+    return path
 
 
 def fold_plan(num_records: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -82,10 +102,11 @@ def bootstrap_scorers(cfg: BootstrapConfig, records: list[dict[str, Any]], media
     for role, preset, steps in (("small", cfg.small_preset, cfg.small_steps), ("large", cfg.large_preset,
                                                                                 cfg.large_steps)):
         path = train_proxy(preset, tokenizer_dir, train, media_root, steps, cfg.batch_size, cfg.lr, seed,
-                           Path(out) / role, cfg.pack_tokens)
+                           Path(out) / role, cfg.pack_tokens, cfg.large_align_steps if role == "large" else 0,
+                           cfg.vision_lr_ratio)
         meta = path / "meta.json"  # the trainer's run record, extended with the proxy's identity
         meta.write_text(json.dumps(json.loads(meta.read_text()) | {
             "kind": "deltaloss-proxy", "role": role, "preset": preset, "steps": steps,
-            "num_train_records": len(train)}, indent=2))
+            "align_steps": cfg.large_align_steps if role == "large" else 0, "num_train_records": len(train)}, indent=2))
         paths.append(path)
     return paths[0], paths[1]

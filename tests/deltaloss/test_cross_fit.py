@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from nvila_model.deltaloss.bootstrap import fold_plan
 from nvila_model.deltaloss.config import BootstrapConfig, RayConfig, ScoreConfig
@@ -68,3 +69,39 @@ def test_each_fold_is_scored_by_proxies_trained_on_the_other_folds(colour_corpus
         assert layout.startswith("packed rows of <= max(40,"), f"{path}: the proxies' pack_tokens, got {layout}"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["folds"] == 2 and summary["num_records"] == 6
+
+
+def test_large_proxy_aligns_the_vision_path_before_the_llm_learns_answers(colour_corpus, tokenizer,
+                                                                          tmp_path) -> None:
+    """`large_align_steps`: projector alone, then vision tower + projector, on the image records with the LLM frozen;
+    only then every module, on every record, at the vision tower's lower LR."""
+    from safetensors.torch import load_file
+
+    from nvila_model.data.manifest import read_manifest
+    from nvila_model.deltaloss.bootstrap import train_proxy
+
+    tokenizer.save_pretrained(str(tmp_path / "tok"))
+    text_only = {"id": "t", "subset": "colour", "conversations": [
+        {"from": "human", "value": "Which colour comes first?"}, {"from": "gpt", "value": "red"}]}
+    records = read_manifest(colour_corpus / "train.jsonl") + [text_only]
+    out = train_proxy("tiny", tmp_path / "tok", records, colour_corpus, steps=2, batch_size=2, lr=0.01, seed=0,
+                      out=tmp_path / "large", pack_tokens=40, align_steps=4, vision_lr_ratio=0.1)
+    assert out == tmp_path / "large"
+    phases = [tmp_path / "large-align-projector", tmp_path / "large-align-vision", out]
+    weights = [load_file(str(path / "model.safetensors")) for path in phases]
+
+    def same(a: dict, b: dict, module: str) -> bool:
+        keys = [k for k in a if k.startswith(module)]
+        assert keys, module
+        return all(torch.equal(a[k], b[k]) for k in keys)
+
+    assert same(weights[0], weights[1], "language_model") and not same(weights[0], weights[1], "vision_tower")
+    assert not same(weights[0], weights[1], "projector")
+    assert not same(weights[1], weights[2], "language_model"), "then the LLM trains"
+    metas = [json.loads((path / "meta.json").read_text()) for path in phases]
+    assert [m["global_steps"] for m in metas] == [2, 2, 2]
+    assert [m["num_train_records"] for m in metas] == [6, 6, 7], "alignment on the image records only"
+    assert [sorted(k for k, count in m["trainable_params"].items() if count) for m in metas] == [
+        ["projector"], ["projector", "vision_tower"], ["language_model", "projector", "vision_tower"]]
+    lr = json.loads((out / "manifest.json").read_text())["config"]["lr"]
+    assert lr == {"vision_tower": pytest.approx(0.001), "projector": 0.01, "language_model": 0.01}
