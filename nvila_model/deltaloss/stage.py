@@ -70,14 +70,29 @@ def write_histograms(scores: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def noise_auc(scores: pd.DataFrame) -> dict[str, float]:
+    """How well a low DeltaLoss score (`score`), and a low large-scorer likelihood (`large`), pick out the records
+    whose answer the generator made wrong (`defect` "noise"): ROC AUC, 0.5 no better than chance. Empty without
+    both noisy and other records (real data has no defect tags)."""
+    from sklearn.metrics import roc_auc_score
+
+    scored = scores.dropna(subset=["score"])
+    noisy = scored["defect"].eq("noise")
+    if noisy.all() or not noisy.any():
+        return {}
+    return {"score": float(roc_auc_score(noisy, -scored["score"])),
+            "large": float(roc_auc_score(noisy, -scored["logp_large"]))}
+
+
 def subset_stats(scores: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per subset: count, mean / median score, and the mean score of clean and of defect records."""
+    """Per subset: count, mean / median score, the mean score of clean and of defect records, and the noise AUCs."""
     out = {}
     for subset, group in scores.groupby("subset", sort=True):
         stats = {"count": int(len(group)), "mean_score": float(group["score"].mean()),
                  "median_score": float(group["score"].median()), "unscored": int(group["score"].isna().sum())}
         for kind, part in group.groupby(group["defect"].fillna("clean")):
             stats[f"mean_score_{kind}"] = float(part["score"].mean())
+        stats |= {f"noise_auc_{role}": auc for role, auc in noise_auc(group).items()}
         out[str(subset)] = stats
     return out
 
@@ -140,7 +155,8 @@ def run_score(cfg: ScoreConfig, *, data: str | Path, out: str | Path, scorers: s
         histograms = write_histograms(scores, tmp)
         summary = {"num_records": len(scores), "seconds": seconds,
                    "samples_per_s": len(scores) / max(seconds, 1e-9), "small_checkpoint": small,
-                   "large_checkpoint": large, "folds": len(pairs), "subsets": subset_stats(scores)}
+                   "large_checkpoint": large, "folds": len(pairs), "noise_auc": noise_auc(scores),
+                   "subsets": subset_stats(scores)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         inputs = {"manifest": manifest} | {f"{role}{'' if len(pairs) == 1 else f'-{k}'}": path
                                             for k, (s, lg, _) in enumerate(pairs)
@@ -149,7 +165,8 @@ def run_score(cfg: ScoreConfig, *, data: str | Path, out: str | Path, scorers: s
     tracker.log_params({"score.small_checkpoint": small, "score.large_checkpoint": large,
                         "score.num_actors": cfg.ray.num_actors, "score.folds": len(pairs)})
     tracker.log_metrics({"score.samples_per_s": summary["samples_per_s"],
-                         **{f"score.mean.{s}": v["mean_score"] for s, v in summary["subsets"].items()}})
+                         **{f"score.mean.{s}": v["mean_score"] for s, v in summary["subsets"].items()},
+                         **{f"score.noise_auc.{role}": auc for role, auc in summary["noise_auc"].items()}})
     for path in histograms:
         tracker.log_artifact(Path(out) / path.name, "scores")
     return Path(out)
