@@ -99,14 +99,13 @@ def bootstrap_scorers(cfg: BootstrapConfig, records: list[dict[str, Any]], media
         raise ValueError(f"{tokenizer_dir}: tokenizer directory not found (run `nvila tokenizer` first)")
     train = proxy_share(records, cfg.share, seed)
     paths = []
-    for role, preset, steps in (("small", cfg.small_preset, cfg.small_steps), ("large", cfg.large_preset,
-                                                                                cfg.large_steps)):
+    for role, preset, align, steps in (("small", cfg.small_preset, 0, cfg.small_steps),
+                                       ("large", cfg.large_preset, cfg.large_align_steps, cfg.large_steps)):
         path = train_proxy(preset, tokenizer_dir, train, media_root, steps, cfg.batch_size, cfg.lr, seed,
-                           Path(out) / role, cfg.pack_tokens, cfg.large_align_steps if role == "large" else 0,
-                           cfg.vision_lr_ratio)
+                           Path(out) / role, cfg.pack_tokens, align, cfg.vision_lr_ratio)
         meta = path / "meta.json"  # the trainer's run record, extended with the proxy's identity
         meta.write_text(json.dumps(json.loads(meta.read_text()) | {
-            "kind": "deltaloss-proxy", "role": role, "preset": preset, "steps": steps,
-            "align_steps": cfg.large_align_steps if role == "large" else 0, "num_train_records": len(train)}, indent=2))
+            "kind": "deltaloss-proxy", "role": role, "preset": preset, "steps": steps, "align_steps": align,
+            "num_train_records": len(train)}, indent=2))
         paths.append(path)
     return paths[0], paths[1]
