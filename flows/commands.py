@@ -164,9 +164,10 @@ def frontier(
         report = efficient_frontier(variants=_split(variants), quick=quick, preset=preset, seed=seed,
                                     experiment=experiment, report_dir=report_dir, params_file=params,
                                     overrides=overrides)
-    verdict = {True: "held", False: "NOT held", None: "not measured"}
+    from tasks.frontier_goals import verdict
+
     for goal in report["goals"]:
-        typer.echo(f"{verdict[goal['held']]:>12}: {goal['claim']}\n{'':>14}{goal['numbers']}")
+        typer.echo(f"{verdict(goal):>26}: {goal['claim']}\n{'':>28}{goal['numbers']}")
     typer.echo(f"\nFrontier finished in {(time.monotonic() - start) / 60:.1f} min; report in "
                f"{report['files']['md']} (and .json, .png), MLflow run {report['mlflow_run_id']}.")
 

@@ -89,7 +89,8 @@ def efficient_frontier(
         data = checked[variant.name]
         frames, pool = video_recipe(variant, data)
         points.append({"variant": variant.name, "label": variant.label, "group": variant.group,
-                       "metrics": result["metrics"][variant.column], "cost": result["train_cost"],
+                       "metrics": result["metrics"][variant.column], "answers": result["answers"][variant.column],
+                       "cost": result["train_cost"],
                        "stage_seconds": result["stage_seconds"], "defects_removed": result["defects_removed"],
                        "uses_scores": data["prune"]["method"] == "deltaloss" and data["prune"]["keep_ratio"] < 1,
                        "video_frames": frames, "video_pool": pool, "experiment": result["experiment"],

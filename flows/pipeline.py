@@ -28,7 +28,14 @@ from nvila_model.params import ORCHESTRATION_KEYS, parse, read_params
 from tasks import liveness
 from tasks.dvc_stages import out_paths, output_dir, plan, stage_graph
 from tasks.env import project_dir
-from tasks.report import close_pipeline_run, open_pipeline_run, publish_report, read_metrics, register_model
+from tasks.report import (
+    close_pipeline_run,
+    open_pipeline_run,
+    publish_report,
+    read_answers,
+    read_metrics,
+    register_model,
+)
 from tasks.stage_task import RunContext, run_stages
 from tasks.tracking import dvc_lock_hashes, flatten, run_status, tracking_file
 from tasks.warm import serving
@@ -105,15 +112,23 @@ def pruning_effect(ws: Workspace, order: list[str]) -> dict[str, float]:
     return {kind: float(share) for kind, share in summary["defects_removed_share"].items()}
 
 
-def _report(run: RunContext, ws: Workspace, order: list[str], results: list[dict[str, Any]], experiment: str,
-            models: list[dict[str, str]], best_metric: str) -> dict[str, dict[str, float]]:
-    """Metrics to the parent run, the Prefect artifact (only when the run evaluated), models to the registry."""
+def eval_columns(models: list[dict[str, str]], order: list[str]) -> dict[str, str]:
+    """The run's evaluation stages by the report column they fill (`trained`, `quantized`, a peer's or released
+    checkpoint's name, `-quantized` after it)."""
     columns = {}
     for chain in models:
         for suffix, stage in (("", chain["eval"]), ("-quantized", chain["eval_quantized"])):
             if stage in order:
                 columns[("quantized" if chain["column"] == "trained" else chain["column"] + suffix) if suffix
-                        else chain["column"]] = read_metrics(output_dir(ws.root, stage))
+                        else chain["column"]] = stage
+    return columns
+
+
+def _report(run: RunContext, ws: Workspace, order: list[str], results: list[dict[str, Any]], experiment: str,
+            models: list[dict[str, str]], best_metric: str) -> dict[str, dict[str, float]]:
+    """Metrics to the parent run, the Prefect artifact (only when the run evaluated), models to the registry."""
+    columns = {column: read_metrics(output_dir(ws.root, stage))
+               for column, stage in eval_columns(models, order).items()}
     if columns:
         how = {r["stage"]: f"restored from run {r['cached_from']}" if r["cached"] else "ran" for r in results}
         publish_report(run, columns, experiment, how)
@@ -149,8 +164,8 @@ def nvila_pipeline(
     folder) adapts that model instead of training one: it is imported, fine-tuned, quantized, evaluated and
     registered (an `init_checkpoints` entry named after the folder). `apply` brings the finished experiment into the
     project's working tree (a run of every stage only). Returns the experiment name, the MLflow parent run, what
-    each stage did, the eval metrics, the training stages' cost and the share of each injected defect that `prune`
-    removed.
+    each stage did, the eval metrics, each evaluation's answers (`id`, `subset`, `correct`, for paired comparisons),
+    the training stages' cost and the share of each injected defect that `prune` removed.
     """
     project = project_dir()
     settings = run_overrides({"preset": preset, "seed": seed, "keep_ratio": keep_ratio,
@@ -187,6 +202,8 @@ def nvila_pipeline(
             columns = _report(run, ws, order, results, exp, models, best_metric)
             cost = training_cost(ws, order)
             removed = pruning_effect(ws, order)
+            answers = {column: read_answers(output_dir(ws.root, stage))
+                       for column, stage in eval_columns(models, order).items()}
             status = run_status(True)
         except KeyboardInterrupt:
             status = "KILLED"
@@ -202,4 +219,4 @@ def nvila_pipeline(
     return {"experiment": exp, "mlflow_run_id": run.parent_run_id, "applied": applied,
             "stages": {r["stage"]: "restored" if r["cached"] else "ran" for r in results},
             "stage_seconds": {r["stage"]: r["seconds"] for r in results},
-            "metrics": columns, "train_cost": cost, "defects_removed": removed}
+            "metrics": columns, "answers": answers, "train_cost": cost, "defects_removed": removed}

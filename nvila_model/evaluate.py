@@ -55,6 +55,36 @@ def score_predictions(rows: list[dict[str, Any]], chance: dict[str, float] | Non
     return metrics
 
 
+def paired_difference(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]],
+                      subsets: list[str] | None = None) -> dict[str, float]:
+    """How far model A's accuracy is above model B's on the same test answers, and how precisely the test set gives it.
+
+    `rows_*` are `predictions.jsonl` rows (`id`, `subset`, `correct`); answers are paired by `id`, and only answers
+    both models gave count. `diff` is A's mean-over-`subsets` accuracy (default: every subset both answered) minus
+    B's; `se` its standard error from the per-answer differences (each subset's sample variance over its count, the
+    paired form of McNemar's test): the test set's sampling noise only, not the spread between training seeds.
+    Returns `diff`, `se`, `paired` (answers compared) and `unpaired` (answers only one model gave).
+    """
+    b_by_id = {row["id"]: row for row in rows_b}
+    per_subset: dict[str, list[int]] = defaultdict(list)
+    for row in rows_a:
+        other = b_by_id.get(row["id"])
+        if other is not None and (subsets is None or row["subset"] in subsets):
+            per_subset[row["subset"]].append(int(row["correct"]) - int(other["correct"]))
+    missing = sorted(set(subsets or []) - set(per_subset))
+    if missing or not per_subset:
+        raise ValueError(f"paired accuracy: no answer both models gave on subset(s) {missing or subsets}")
+    diff, variance = 0.0, 0.0
+    for d in per_subset.values():
+        mean = sum(d) / len(d)
+        diff += mean
+        variance += (sum((x - mean) ** 2 for x in d) / (len(d) - 1) if len(d) > 1 else 0.0) / len(d)
+    paired = sum(len(d) for d in per_subset.values())
+    unpaired = len(rows_a) + len(rows_b) - 2 * len({row["id"] for row in rows_a} & set(b_by_id))
+    return {"diff": diff / len(per_subset), "se": variance ** 0.5 / len(per_subset), "paired": float(paired),
+            "unpaired": float(unpaired)}
+
+
 def test_samples(cfg: EvalConfig, datasets: DatasetsConfig, data: str | Path | None) -> list[dict[str, Any]]:
     registry = DatasetRegistry(datasets, data)
     records, seen = [], defaultdict(int)

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.frontier_goals import evaluate_goals
+from tasks.frontier_goals import evaluate_goals, verdict
 from tasks.frontier_plot import plot_frontier
 from tasks.tracking import MlflowTracker, run_status, run_url, start_run
 
@@ -78,6 +78,11 @@ def _pct(value: float) -> str:
     return "" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
+def bold_held(text: str) -> str:
+    """A verdict as the goals table shows it: a goal held beyond the test set's noise in bold."""
+    return f"**{text}**" if text == "held" else text
+
+
 def markdown_report(rows: list[dict[str, Any]], goals: list[dict[str, Any]], subsets: list[str],
                     header: str = "", links: bool = True) -> str:
     """The variants table (accuracy in %, per subset with chance in the header) and the goals table."""
@@ -101,9 +106,19 @@ def markdown_report(rows: list[dict[str, Any]], goals: list[dict[str, Any]], sub
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| variant | what it is |", "|---|---|", *[f"| {r['variant']} | {r['label']} |" for r in rows],
               "", "| goal | held | numbers |", "|---|---|---|"]
-    verdict = {True: "**held**", False: "not held", None: "not measured"}
-    lines += [f"| {g['claim']} | {verdict[g['held']]} | {g['numbers']} |" for g in goals]
+    lines += [f"| {g['claim']} | {bold_held(verdict(g))} | {g['numbers']} |" for g in goals]
     return "\n".join(lines) + "\n"
+
+
+def report_header(about: dict[str, Any]) -> str:
+    """The Markdown report's title (mode, wall minutes) and how to read it."""
+    return (f"# The efficient frontier ({about.get('mode', '')}, {about.get('wall_seconds', 0) / 60:.1f} min)\n\n"
+            "Accuracy in % on the test split (exact match), chance in the column header; training time in seconds on "
+            "this machine summed over the variant's training stages; run s: wall seconds of the variant's pipeline "
+            "run (stages an earlier variant computed are restored from DVC's cache); TTFT: prefill latency at batch "
+            "1. A goal's verdict is its point estimates; `within test noise` when its paired accuracy difference "
+            "(same test answers) is within 1.96 standard errors of the claim's threshold: the test set does not "
+            "decide it. Training-seed spread is not in that error.\n")
 
 
 def write_report(points: list[dict[str, Any]], video_subsets: list[str], out_dir: str | Path,
@@ -111,19 +126,14 @@ def write_report(points: list[dict[str, Any]], video_subsets: list[str], out_dir
     """Rows, goals, and `frontier.{json,md,png}` in `out_dir`; `about` (mode, settings, wall time) goes into the
     JSON and the Markdown's header."""
     rows = frontier_rows(points)
-    goals = evaluate_goals(rows, video_subsets)
+    goals = evaluate_goals(rows, video_subsets, {p["variant"]: p.get("answers", []) for p in points})
     subsets = subsets_of(points)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"png": plot_frontier(rows, subsets, out / "frontier.png"), "json": out / "frontier.json",
              "md": out / "frontier.md"}
     paths["json"].write_text(json.dumps({**about, "rows": rows, "goals": goals}, indent=2, default=str))
-    header = (f"# The efficient frontier ({about.get('mode', '')}, {about.get('wall_seconds', 0) / 60:.1f} min)\n\n"
-              "Accuracy in % on the test split (exact match), chance in the column header; training time in seconds "
-              "on this machine summed over the variant's training stages; run s: wall seconds of the variant's "
-              "pipeline run (stages an earlier variant computed are restored from DVC's cache); TTFT: prefill "
-              "latency at batch 1.\n")
-    paths["md"].write_text(markdown_report(rows, goals, subsets, header, links=False))
+    paths["md"].write_text(markdown_report(rows, goals, subsets, report_header(about), links=False))
     return rows, goals, paths
 
 
@@ -142,6 +152,8 @@ def publish_frontier(points: list[dict[str, Any]], video_subsets: list[str], exp
                 "acc_mean", "train_seconds", "train_steps", "prefill_ms", "visual_tokens_per_sample",
                 "noise_removed", "duplicate_removed") if not math.isnan(r[k])})  # NaN: a corpus without defect tags
         tracker.log_metrics({f"goal.{g['goal']}": float(g["held"]) for g in goals if g["held"] is not None})
+        tracker.log_metrics({f"goal.{g['goal']}.resolved": float(g["resolved"]) for g in goals
+                             if g.get("resolved") is not None})
         tracker.log_metrics({"wall_seconds": float(about["wall_seconds"])})
         for path in paths.values():
             tracker.log_artifact(path, "frontier")

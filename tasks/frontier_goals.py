@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from nvila_model.evaluate import paired_difference
 from nvila_model.train.config import METRIC_DECIMALS
 
 Row = dict[str, Any]
@@ -20,6 +21,11 @@ WELL_ABOVE = 0.10         # "Dynamic-S2 well above fixed resize on text reading"
 # differ by about 1e-5 (51 of 135 video answers each: 37.778 against 37.777 in a full run); a gap up to ten rounding
 # steps is a tie. One answer more is 1/135 = 7e-3.
 TIE = 10 * 10.0 ** -METRIC_DECIMALS
+# A comparison is resolved when the claim's boundary lies outside the 95% interval of the paired difference (two-sided
+# normal quantile): the test set then decides it, whichever way. Its noise only: a second training seed moves a
+# variant by more (README: The frontier).
+Z95 = 1.96
+VIDEO = "video"  # in COMPARISONS: accuracy over the corpus's video subsets
 
 
 def _above(a: float, b: float) -> bool:
@@ -115,9 +121,64 @@ GOALS: list[tuple[str, str, tuple[str, ...], Callable[[dict[str, Row], list[str]
 ]
 
 
-def evaluate_goals(rows: list[Row], video_subsets: list[str]) -> list[dict[str, Any]]:
-    """Each goal: held (True / False), or None when one of its variants did not run or every model it compares is
-    at or below chance, with its numbers."""
+# Each goal's claims on accuracy, paired on the same test answers: (a, b, the subsets the accuracy averages, None for
+# every subset, threshold): the claim is accuracy(a) - accuracy(b) above the threshold (-margin for "within").
+COMPARISONS: dict[str, list[tuple[str, str, list[str] | str | None, float]]] = {
+    "deltaloss": [("deltaloss_0.5", "nvila", None, -WITHIN_DELTALOSS), ("deltaloss_0.5", "random_0.5", None, 0.0)],
+    "stc": [("nvila", "s2_uncompressed", None, -WITHIN_STC)],
+    "dynamic_s2": [("s2_uncompressed", "fixed_uncompressed", ["text"], WELL_ABOVE)],
+    "frames": [("nvila", "sparse_frames", VIDEO, 0.0)],
+    "peer": [("nvila", "peer", None, 0.0)],
+    "vision_pretrain": [("nvila_lite", "nvila_lite_no_vep", None, 0.0)],
+}
+
+
+def paired_checks(goal: str, answers: dict[str, list[dict[str, Any]]], video_subsets: list[str]) -> list[dict]:
+    """The goal's accuracy comparisons on the answers both variants gave (`predictions.jsonl` rows per variant):
+    the difference, its standard error and the claim's threshold; empty when a variant's answers are missing."""
+    checks = []
+    for a, b, subsets, threshold in COMPARISONS[goal]:
+        if not answers.get(a) or not answers.get(b):
+            return []
+        pair = paired_difference(answers[a], answers[b], video_subsets if subsets == VIDEO else subsets)
+        checks.append({"a": a, "b": b, "threshold": threshold, **pair})
+    return checks
+
+
+def resolution(held: bool, checks: list[dict]) -> bool | None:
+    """Whether the test set decides the verdict: a goal held with every comparison's boundary outside its 95%
+    interval, or not held with a comparison beyond it against the claim (or with every comparison met at its point
+    estimate, so that a condition other than accuracy failed). None without paired answers."""
+    if not checks:
+        return None
+    margin = [(c["diff"] - c["threshold"], Z95 * c["se"], c["threshold"]) for c in checks]
+    if held:
+        return all(gap > noise for gap, noise, _ in margin)
+    # met at the point estimate as the judges read it: "above" (threshold 0) beyond rounding, the others at least
+    met = [_above(gap, 0.0) if threshold == 0 else _at_least(gap, 0.0) for gap, _, threshold in margin]
+    return any(gap < -noise for gap, noise, _ in margin) or all(met)
+
+
+def verdict(goal: dict[str, Any]) -> str:
+    """held / not held (the point estimates), `within test noise` when the test set does not decide it, or not
+    measured."""
+    if goal["held"] is None:
+        return "not measured"
+    text = "held" if goal["held"] else "not held"
+    return text + (" within test noise" if goal.get("resolved") is False else "")
+
+
+def _paired_numbers(checks: list[dict]) -> str:
+    return "; paired on the same test answers: " + ", ".join(
+        f"{c['a']} - {c['b']} {100 * c['diff']:+.1f} ± {100 * c['se']:.1f} points (s.e., {c['paired']:.0f} answers)"
+        for c in checks)
+
+
+def evaluate_goals(rows: list[Row], video_subsets: list[str],
+                   answers: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Each goal: held (True / False) at the point estimates, or None when one of its variants did not run or every
+    model it compares is at or below chance, with its numbers; with the variants' test `answers`, also its paired
+    comparisons and whether the test set resolves the verdict (`resolved`, see `resolution`)."""
     by_name = {row["variant"]: row for row in rows}
     out = []
     for name, claim, needs, judge in GOALS:
@@ -131,5 +192,7 @@ def evaluate_goals(rows: list[Row], video_subsets: list[str]) -> list[dict[str, 
             out.append({"goal": name, "claim": claim, "held": None,
                         "numbers": f"not measured: every model compared is at or below chance; {numbers}"})
             continue
-        out.append({"goal": name, "claim": claim, "held": bool(held), "numbers": numbers})
+        checks = paired_checks(name, answers or {}, video_subsets)
+        out.append({"goal": name, "claim": claim, "held": bool(held), "resolved": resolution(bool(held), checks),
+                    "numbers": numbers + (_paired_numbers(checks) if checks else ""), "paired": checks})
     return out

@@ -47,6 +47,15 @@ def read_metrics(path: str | Path | None) -> dict[str, float]:
     return {k: float(v) for k, v in flat.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+def read_answers(folder: str | Path) -> list[dict[str, Any]]:
+    """Each test answer of an evaluation folder's `predictions.jsonl` (`id`, `subset`, `correct`); empty if absent."""
+    path = Path(folder) / "predictions.jsonl"
+    if not path.is_file():
+        return []
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [{"id": r["id"], "subset": r["subset"], "correct": bool(r["correct"])} for r in rows]
+
+
 def _loss_curves(tracker: MlflowTracker, out: Path) -> Path | None:
     """One PNG of every `*loss*` metric history of the stage child runs, step on x."""
     import matplotlib

@@ -175,6 +175,46 @@ def test_a_tie_in_rounded_accuracies_is_not_an_effect() -> None:
     assert verdicts()["peer"] is False
 
 
+ANSWERED = ("nvila", "peer", "deltaloss_0.5", "random_0.5", "s2_uncompressed")
+
+
+def _verdicts(n: int, **metrics: dict[str, float]) -> tuple[dict[str, str], list[dict]]:
+    """The goals with test answers for the DeltaLoss, peer and STC goals' variants: n questions each, the first
+    acc_mean * n right; `metrics` replaces a variant's metrics (`_` for `.` in its name)."""
+    from tasks.frontier import frontier_rows
+    from tasks.frontier_goals import evaluate_goals, verdict
+
+    points, answers = _all_held(), {}
+    for p in points:
+        p["metrics"].update(metrics.get(p["variant"].replace(".", "_"), {}))
+        if p["variant"] in ANSWERED:
+            right = round(p["metrics"]["acc_mean"] * n)
+            answers[p["variant"]] = [{"id": f"q{i}", "subset": "attributes", "correct": i < right} for i in range(n)]
+    goals = evaluate_goals(frontier_rows(points), ["flashes", "motion"], answers)
+    return {g["goal"]: verdict(g) for g in goals}, goals
+
+
+def test_a_goal_is_decided_only_where_the_paired_test_answers_resolve_it() -> None:
+    from tasks.frontier import frontier_rows, markdown_report
+
+    small, goals = _verdicts(60)
+    # 60 answers: NVILA 42 right, the peer 36 (+10 points, s.e. 3.9): resolved; DeltaLoss 42 against random 41
+    # (+1.7 points, s.e. 1.7): the test set can not tell
+    assert small["peer"] == "held" and small["deltaloss"] == "held within test noise"
+    assert small["vision_pretrain"] == "held", "without both variants' answers a goal keeps its point estimates"
+    peer = next(g for g in goals if g["goal"] == "peer")
+    assert peer["paired"][0]["diff"] == pytest.approx(0.1) and "nvila - peer +10.0 ± 3.9 points" in peer["numbers"]
+    table = markdown_report(frontier_rows(_all_held()), goals, ["text"])
+    assert "| **held** |" in table and "| held within test noise |" in table
+    assert _verdicts(6000)[0]["deltaloss"] == "held", "the same accuracies on 100x the answers are resolved"
+    # the peer clearly better: not held, and decided; DeltaLoss tied with random on the same answers: not decided
+    assert _verdicts(60, peer={"acc_mean": 0.9})[0]["peer"] == "not held"
+    assert _verdicts(60, random_0_5={"acc_mean": 0.695})[0]["deltaloss"] == "not held within test noise"
+    # STC within 2 points of uncompressed (-1.7 points) but at 2x fewer tokens only: not held, whatever the noise
+    stc = _verdicts(60, s2_uncompressed={"visual_tokens_per_sample": 200.0})[0]["stc"]
+    assert stc == "not held"
+
+
 def test_a_goal_whose_variants_did_not_run_is_not_measured() -> None:
     from tasks.frontier import frontier_rows
     from tasks.frontier_goals import evaluate_goals

@@ -141,6 +141,11 @@ def test_a_second_run_restores_what_is_unchanged_and_trains_on_its_own_subset(ru
     full = _read(root, "runs/image_sft/meta.json", _experiments(root)[first["experiment"]]["rev"])
     assert meta["num_train_records"] == pytest.approx(full["num_train_records"] * 0.5 / 0.9, abs=10)
     assert second["train_cost"]["image_sft"]["train_records"] == meta["num_train_records"]
+    answers = second["answers"]["trained"]  # the evaluation's answers, for paired comparisons between runs
+    assert len(answers) == second["metrics"]["trained"]["num_samples"] and set(second["answers"]) == {"trained"}
+    by_subset = {s: [a["correct"] for a in answers if a["subset"] == s] for s in {a["subset"] for a in answers}}
+    assert sum(sum(c) / len(c) for c in by_subset.values()) / len(by_subset) == pytest.approx(
+        second["metrics"]["trained"]["acc_mean"], abs=1e-5)
     # `dvc exp apply` of the first run, then `dvc repro`: nothing to recompute (restored from the cache)
     _dvc(["exp", "apply", first["experiment"]], root)
     assert "Running stage" not in _dvc(["repro"], root)

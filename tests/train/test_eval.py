@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nvila_model.evaluate import EvalConfig, exact_match, normalise, run_eval, score_predictions
+from nvila_model.evaluate import EvalConfig, exact_match, normalise, paired_difference, run_eval, score_predictions
 from tests.train.conftest import stage_params
 
 
@@ -24,6 +24,28 @@ def test_score_known_predictions():
     metrics = score_predictions(rows, chance={"colour": 0.25, "count": 0.25})
     assert metrics["acc_colour"] == 0.5 and metrics["acc_count"] == 0.5
     assert metrics["acc_mean"] == 0.5 and metrics["chance_mean"] == 0.25 and metrics["num_samples"] == 6
+
+
+def _answers(subset: str, correct: list[int], start: int = 0) -> list[dict]:
+    return [{"id": f"{subset}-{start + i}", "subset": subset, "correct": bool(c)} for i, c in enumerate(correct)]
+
+
+def test_paired_difference_pairs_answers_by_id_and_gives_the_mean_over_subsets_with_its_error():
+    # a: text 3/4, video 1/2; b: text 1/4, video 1/2 (a different video answer right)
+    a = _answers("text", [1, 1, 1, 0]) + _answers("video", [1, 0])
+    b = _answers("text", [0, 1, 0, 0]) + _answers("video", [0, 1])
+    pair = paired_difference(a, list(reversed(b)))  # order does not matter: answers pair by id
+    assert pair["diff"] == pytest.approx(((0.75 - 0.25) + (0.5 - 0.5)) / 2)
+    # per-answer differences: text [1, 0, 1, 0] (mean 0.5, sample variance 1/3), video [1, -1] (mean 0, variance 2)
+    assert pair["se"] == pytest.approx(((1 / 3) / 4 + 2 / 2) ** 0.5 / 2)
+    assert (pair["paired"], pair["unpaired"]) == (6, 0)
+    assert paired_difference(a, b, ["text"])["diff"] == pytest.approx(0.5)
+    identical = paired_difference(a, a)
+    assert (identical["diff"], identical["se"]) == (0.0, 0.0), "the same answers: no difference and no noise"
+    # an answer only one model gave is left out, and counted
+    assert paired_difference(a + _answers("text", [1], start=9), b)["unpaired"] == 1
+    with pytest.raises(ValueError, match=r"no answer both models gave on subset\(s\) \['chart'\]"):
+        paired_difference(a, b, ["text", "chart"])
 
 
 def test_eval_run_writes_flat_metrics_and_predictions(project, corpus_dir):
