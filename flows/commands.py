@@ -200,6 +200,56 @@ def trigger(
     typer.echo(f"flow run {flow_run.name} ({flow_run.id}): {flow_run.state.name if flow_run.state else 'unknown'}")
 
 
+@pipeline_app.command("compare")
+def compare(
+    a: str = typer.Argument(..., help="a DVC experiment (or git revision), or an evaluation folder"),
+    b: str = typer.Argument(..., help="the other one, the same way"),
+    stage: str = typer.Option("eval", help="the evaluation stage whose answers to compare (e.g. eval_quantized, "
+                                           "eval_peer@llava)"),
+) -> None:
+    """Two runs' test answers side by side: per subset and mean, each one's accuracy and the paired difference A - B
+    with its standard error (same questions); `*` marks a difference beyond 1.96 standard errors."""
+    root = _enter_project()
+    from nvila_model.evaluate import paired_table
+
+    table = paired_table(*(_answers_of(root, which, stage) for which in (a, b)))
+    typer.echo("| subset | A % | B % | A - B points | answers |\n|---|---|---|---|---|")
+    for row in table:
+        typer.echo(f"| {row['subset']} | {100 * row['a']:.1f} | {100 * row['b']:.1f} | {100 * row['diff']:+.1f} ± "
+                   f"{100 * row['se']:.1f}{' *' if row['resolved'] else ''} | {row['paired']:.0f} |")
+    unpaired = table[-1]["unpaired"]
+    where = "" if Path(a).is_dir() and Path(b).is_dir() else f" ({stage})"
+    typer.echo(f"A: {a}, B: {b}{where}; ± one standard error, paired on the same questions"
+               + (f"; {unpaired:.0f} answers only one of them gave are left out" if unpaired else "") + ".")
+
+
+def _answers_of(root: Path, which: str, stage: str) -> list[dict[str, Any]]:
+    """The answers of `stage` in a DVC experiment or git revision of the project, or of an evaluation folder."""
+    import json
+
+    from tasks.dvc_stages import output_dir
+    from tasks.report import read_answers
+
+    if Path(which).is_dir():
+        answers = read_answers(which)
+        if not answers:
+            raise typer.BadParameter(f"{which}: no predictions.jsonl (an evaluation stage's folder holds one)")
+        return answers
+    import dvc.api
+    from dvc.exceptions import DvcException
+    from scmrepo.exceptions import RevError
+
+    rev = next((e["rev"] for e in dvc.api.exp_show(repo=str(root)) if e.get("Experiment") == which), which)
+    path = (output_dir(root, stage) / "predictions.jsonl").relative_to(root)
+    try:
+        text = dvc.api.read(str(path), repo=str(root), rev=rev)
+    except (DvcException, RevError, FileNotFoundError) as exc:
+        raise typer.BadParameter(f"{which}: no {path} there (not an experiment, revision or evaluation folder, or "
+                                 f"its run had no {stage}): {exc}") from None
+    return [{"id": r["id"], "subset": r["subset"], "correct": bool(r["correct"])}
+            for r in map(json.loads, text.splitlines()) if r]
+
+
 @pipeline_app.command("stages")
 def stages() -> None:
     """List the pipeline's stages in order (from dvc.yaml) with what each depends on."""

@@ -24,6 +24,8 @@ NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve".split())}
 
 
+# Two-sided 95% normal quantile: a paired difference beyond Z95 standard errors is one the test set resolves.
+Z95 = 1.96
 SUBSETS_FILE = "subsets.json"  # chance level per subset, beside a generated corpus's manifests
 
 
@@ -83,6 +85,25 @@ def paired_difference(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]
     unpaired = len(rows_a) + len(rows_b) - 2 * len({row["id"] for row in rows_a} & set(b_by_id))
     return {"diff": diff / len(per_subset), "se": variance ** 0.5 / len(per_subset), "paired": float(paired),
             "unpaired": float(unpaired)}
+
+
+def paired_table(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two evaluations side by side on the answers both gave: per subset and for the mean over subsets, each model's
+    accuracy, the paired difference A - B with its standard error (`paired_difference`) and `resolved`: the
+    difference is beyond 1.96 standard errors of zero."""
+    subsets = sorted({r["subset"] for r in rows_a} & {r["subset"] for r in rows_b})
+    table = []
+    for name, chosen in [*((s, [s]) for s in subsets), ("mean", subsets)]:
+        pair = paired_difference(rows_a, rows_b, chosen)
+        acc = [_mean_accuracy(rows, chosen) for rows in (rows_a, rows_b)]
+        table.append({"subset": name, "a": acc[0], "b": acc[1], **pair,
+                      "resolved": abs(pair["diff"]) > Z95 * pair["se"]})
+    return table
+
+
+def _mean_accuracy(rows: list[dict[str, Any]], subsets: list[str]) -> float:
+    per_subset = [[r["correct"] for r in rows if r["subset"] == s] for s in subsets]
+    return sum(sum(c) / len(c) for c in per_subset) / len(per_subset)
 
 
 def test_samples(cfg: EvalConfig, datasets: DatasetsConfig, data: str | Path | None) -> list[dict[str, Any]]:

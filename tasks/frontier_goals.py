@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nvila_model.evaluate import paired_difference
+from nvila_model.evaluate import Z95, paired_difference
 from nvila_model.train.config import METRIC_DECIMALS
 
 Row = dict[str, Any]
@@ -21,10 +21,9 @@ WELL_ABOVE = 0.10         # "Dynamic-S2 well above fixed resize on text reading"
 # differ by about 1e-5 (51 of 135 video answers each: 37.778 against 37.777 in a full run); a gap up to ten rounding
 # steps is a tie. One answer more is 1/135 = 7e-3.
 TIE = 10 * 10.0 ** -METRIC_DECIMALS
-# A comparison is resolved when the claim's boundary lies outside the 95% interval of the paired difference (two-sided
-# normal quantile): the test set then decides it, whichever way. Its noise only: a second training seed moves a
-# variant by more (README: The frontier).
-Z95 = 1.96
+# A comparison is resolved when the claim's boundary lies outside the 95% interval of the paired difference: the test
+# set then decides it, whichever way. Its noise only: a second training seed moves a variant by more (README: The
+# efficient frontier).
 VIDEO = "video"  # in COMPARISONS: accuracy over the corpus's video subsets
 
 
