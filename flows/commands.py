@@ -225,10 +225,8 @@ def compare(
 
 def _answers_of(root: Path, which: str, stage: str) -> list[dict[str, Any]]:
     """The answers of `stage` in a DVC experiment or git revision of the project, or of an evaluation folder."""
-    import json
-
     from tasks.dvc_stages import output_dir
-    from tasks.report import read_answers
+    from tasks.report import parse_answers, read_answers
 
     if Path(which).is_dir():
         answers = read_answers(which)
@@ -246,8 +244,7 @@ def _answers_of(root: Path, which: str, stage: str) -> list[dict[str, Any]]:
     except (DvcException, RevError, FileNotFoundError) as exc:
         raise typer.BadParameter(f"{which}: no {path} there (not an experiment, revision or evaluation folder, or "
                                  f"its run had no {stage}): {exc}") from None
-    return [{"id": r["id"], "subset": r["subset"], "correct": bool(r["correct"])}
-            for r in map(json.loads, text.splitlines()) if r]
+    return parse_answers(text)
 
 
 @pipeline_app.command("stages")

@@ -125,10 +125,10 @@ def eval_columns(models: list[dict[str, str]], order: list[str]) -> dict[str, st
 
 
 def _report(run: RunContext, ws: Workspace, order: list[str], results: list[dict[str, Any]], experiment: str,
-            models: list[dict[str, str]], best_metric: str) -> dict[str, dict[str, float]]:
-    """Metrics to the parent run, the Prefect artifact (only when the run evaluated), models to the registry."""
-    columns = {column: read_metrics(output_dir(ws.root, stage))
-               for column, stage in eval_columns(models, order).items()}
+            models: list[dict[str, str]], evals: dict[str, str], best_metric: str) -> dict[str, dict[str, float]]:
+    """Metrics to the parent run, the Prefect artifact (only when the run evaluated), models to the registry;
+    `evals`: the run's evaluation stages by report column (`eval_columns`)."""
+    columns = {column: read_metrics(output_dir(ws.root, stage)) for column, stage in evals.items()}
     if columns:
         how = {r["stage"]: f"restored from run {r['cached_from']}" if r["cached"] else "ran" for r in results}
         publish_report(run, columns, experiment, how)
@@ -199,11 +199,11 @@ def nvila_pipeline(
                 results = run_stages(order, graph, staged, run, parallel)
             exp = save_experiment(ws, order)
             tags = {"dvc.experiment": exp, **dvc_lock_hashes(ws.root)}
-            columns = _report(run, ws, order, results, exp, models, best_metric)
+            evals = eval_columns(models, order)
+            columns = _report(run, ws, order, results, exp, models, evals, best_metric)
             cost = training_cost(ws, order)
             removed = pruning_effect(ws, order)
-            answers = {column: read_answers(output_dir(ws.root, stage))
-                       for column, stage in eval_columns(models, order).items()}
+            answers = {column: read_answers(output_dir(ws.root, stage)) for column, stage in evals.items()}
             status = run_status(True)
         except KeyboardInterrupt:
             status = "KILLED"

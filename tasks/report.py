@@ -50,9 +50,12 @@ def read_metrics(path: str | Path | None) -> dict[str, float]:
 def read_answers(folder: str | Path) -> list[dict[str, Any]]:
     """Each test answer of an evaluation folder's `predictions.jsonl` (`id`, `subset`, `correct`); empty if absent."""
     path = Path(folder) / "predictions.jsonl"
-    if not path.is_file():
-        return []
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return parse_answers(path.read_text()) if path.is_file() else []
+
+
+def parse_answers(text: str) -> list[dict[str, Any]]:
+    """The `id`, `subset` and `correct` of each row of a `predictions.jsonl` text."""
+    rows = (json.loads(line) for line in text.splitlines() if line.strip())
     return [{"id": r["id"], "subset": r["subset"], "correct": bool(r["correct"])} for r in rows]
 
 

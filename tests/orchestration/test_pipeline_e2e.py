@@ -146,6 +146,9 @@ def test_a_second_run_restores_what_is_unchanged_and_trains_on_its_own_subset(ru
     by_subset = {s: [a["correct"] for a in answers if a["subset"] == s] for s in {a["subset"] for a in answers}}
     assert sum(sum(c) / len(c) for c in by_subset.values()) / len(by_subset) == pytest.approx(
         second["metrics"]["trained"]["acc_mean"], abs=1e-5)
+    # `dvc exp apply` of the first run, then `dvc repro`: nothing to recompute (restored from the cache)
+    _dvc(["exp", "apply", first["experiment"]], root)
+    assert "Running stage" not in _dvc(["repro"], root)
 
 
 def test_compare_reads_two_experiments_answers(runs, monkeypatch):
@@ -160,9 +163,6 @@ def test_compare_reads_two_experiments_answers(runs, monkeypatch):
     a, b = second["metrics"]["trained"]["acc_mean"], first["metrics"]["trained"]["acc_mean"]
     assert f"| mean | {100 * a:.1f} | {100 * b:.1f} | {100 * (a - b):+.1f} ± " in result.output
     assert f"A: {second['experiment']}, B: {first['experiment']} (eval)" in result.output
-    # `dvc exp apply` of the first run, then `dvc repro`: nothing to recompute (restored from the cache)
-    _dvc(["exp", "apply", first["experiment"]], root)
-    assert "Running stage" not in _dvc(["repro"], root)
 
 
 def test_mlflow_records_each_run_with_its_effective_params_and_where_restored_stages_came_from(runs):
