@@ -1,6 +1,8 @@
 """Model FLOPs utilisation of a training step on this CPU: the FLOPs of one optimizer step (forward + backward,
 counted by torch's FlopCounterMode on the real batch) over its measured time, against this machine's measured peak
-(a large fp32 and a bf16 matmul on the same threads). Optionally whether bf16 autocast and torch.compile pay here.
+(a large fp32 and a bf16 matmul on the same threads). Optionally whether bf16 autocast and torch.compile pay here:
+the whole model, and each vision-encoder and LLM decoder layer on its own (dynamic shapes: tile counts and packed
+row lengths change every step).
 
     python bench/mfu.py [--preset small] [--steps 12] [--batch-size 16] [--threads 2] [--compile] [--bf16]
 """
@@ -95,7 +97,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="also time the model under torch.compile")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the model under torch.compile, whole and layer by layer")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (slow where the CPU lacks bf16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -114,13 +117,18 @@ def main() -> None:
                    for i in range(args.steps + 2)]
         modes = [("fp32", False, False)]
         modes += [("bf16 autocast", True, False)] if args.bf16 else []
-        modes += [("fp32 + torch.compile", False, True)] if args.compile else []
+        modes += [("fp32 + torch.compile", False, "model"), ("fp32 + torch.compile per layer", False, "layers")
+                  ] if args.compile else []
         for name, autocast, compiled in modes:
             torch.manual_seed(0)
             model = NVILAForConditionalGeneration(config).train()
             flops = step_flops(model, batches[0])
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            runner = torch.compile(model) if compiled else model
+            runner = torch.compile(model) if compiled == "model" else model
+            if compiled == "layers":
+                for layer in [*model.vision_tower.encoder.layers[: model.vision_layers_used],
+                              *model.language_model.model.layers]:
+                    layer.compile(dynamic=True)
             try:
                 seconds = measure(runner, batches, optimizer, autocast)
             except Exception as exc:  # torch.compile's failures are findings for the table, not a crash of the bench
