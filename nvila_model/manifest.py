@@ -1,4 +1,4 @@
-"""Stage output manifests: what a directory is, the config that made it, input hashes and git revision."""
+"""Stage output manifests: what a directory is, the config that made it and its input hashes."""
 
 from __future__ import annotations
 
@@ -50,15 +50,15 @@ def write_stage_manifest(
 ) -> Path:
     """Write `out_dir/manifest.json` describing a finished stage output.
 
-    No timestamp: a stage re-run on unchanged inputs writes the same bytes, so DVC sees the same output and the
-    stages downstream of it are restored from its cache (DVC and git record when it ran)."""
+    No timestamp and no git revision: a stage re-run on unchanged inputs writes the same bytes, also from a later
+    commit, so DVC sees the same output and the stages downstream of it are restored from its cache. DVC's experiment
+    (its commit) and the MLflow run (tag `git.revision`) record when and from what it ran."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
         "stage": stage,
         "config": config,
         "inputs": {name: {"path": str(p), "sha256": hash_path(p)} for name, p in (inputs or {}).items()},
-        "git_revision": git_revision(),
         **extra,
     }
     path = out_dir / "manifest.json"

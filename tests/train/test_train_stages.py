@@ -234,18 +234,28 @@ def test_a_disabled_stage_passes_the_previous_model_on_unchanged(project, corpus
         _run("projector_init", corpus_dir, "runs/first", enabled=False)
 
 
-def test_a_rerun_of_the_tokenizer_for_another_architecture_writes_the_same_bytes(corpus_dir, tmp_path):
+def test_a_rerun_of_the_tokenizer_for_another_architecture_writes_the_same_bytes(corpus_dir, tmp_path, monkeypatch):
     """The tokenizer reads `model` (its vocabulary), so a new architecture re-runs it; equal bytes keep DVC's hash, and
-    every stage after it (scores, pruning) is restored from the cache instead of recomputed."""
+    every stage after it (scores, pruning) is restored from the cache instead of recomputed. Also from a later commit:
+    a frontier variant run after the project moved on by a commit re-scored for 14 minutes when the tokenizer's
+    manifest held the git revision."""
     from nvila_model.data.registry import DatasetsConfig
     from nvila_model.train.config import ModelParams, TokenizerConfig
     from nvila_model.train.tokenizer_stage import run_tokenizer
     from tests.train.conftest import DATASETS
 
+    repo = tmp_path / "project"  # the stage runs in a git checkout, as under DVC
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q"], check=True)
     outs = []
     for i, overrides in enumerate(({}, {"projector": "none", "dynamic_s2": False})):
         if i:
             time.sleep(1.1)  # a timestamp in any output file would now differ
+        (repo / "code.py").write_text(f"revision = {i}\n")
+        subprocess.run([*git, "add", "code.py"], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", f"revision {i}"], check=True)
         outs.append(run_tokenizer(TokenizerConfig(), ModelParams(overrides=overrides), DatasetsConfig(**DATASETS),
                                   corpus_dir / "data/raw/synth", tmp_path / f"tok{i}"))
     files = [{p.name: p.read_bytes() for p in out.iterdir()} for out in outs]
