@@ -117,8 +117,8 @@ def main() -> None:
                    for i in range(args.steps + 2)]
         modes = [("fp32", False, False)]
         modes += [("bf16 autocast", True, False)] if args.bf16 else []
-        modes += [("fp32 + torch.compile", False, "model"), ("fp32 + torch.compile per layer", False, "layers")
-                  ] if args.compile else []
+        if args.compile:
+            modes += [("fp32 + torch.compile", False, "model"), ("fp32 + torch.compile per layer", False, "layers")]
         for name, autocast, compiled in modes:
             torch.manual_seed(0)
             model = NVILAForConditionalGeneration(config).train()
