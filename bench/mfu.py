@@ -115,8 +115,8 @@ def main() -> None:
         collate = PaddingCollator(processor.pad_id)
         batches = [collate([dataset[(i * args.batch_size + j) % len(dataset)] for j in range(args.batch_size)])
                    for i in range(args.steps + 2)]
-        modes = [("fp32", False, False)]
-        modes += [("bf16 autocast", True, False)] if args.bf16 else []
+        modes = [("fp32", False, None)]
+        modes += [("bf16 autocast", True, None)] if args.bf16 else []
         if args.compile:
             modes += [("fp32 + torch.compile", False, "model"), ("fp32 + torch.compile per layer", False, "layers")]
         for name, autocast, compiled in modes:
@@ -127,7 +127,7 @@ def main() -> None:
             runner = torch.compile(model) if compiled == "model" else model
             if compiled == "layers":
                 for layer in [*model.vision_tower.encoder.layers[: model.vision_layers_used],
-                              *model.language_model.model.layers]:
+                              *model.language_model.get_decoder().layers]:
                     layer.compile(dynamic=True)
             try:
                 seconds = measure(runner, batches, optimizer, autocast)
