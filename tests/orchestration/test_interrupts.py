@@ -21,6 +21,9 @@ from tests.orchestration.conftest import git_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 STAGES = ["--stages", "token_pretrain"]
+# token_pretrain's steps (a checkpoint every 3): enough left after the first checkpoint (about 15 s) that the stage can
+# not finish, and remove its work folder as a finished stage does, before the interrupt reaches it (about 3 s)
+PRETRAIN_STEPS = 36
 
 
 def _foreground() -> None:
@@ -37,10 +40,8 @@ def _start(root: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def _wait_for_checkpoint(root: Path, proc: subprocess.Popen, log: Path, timeout: float = 900) -> Path:
-    """Wait until token_pretrain (36 steps, a checkpoint every 3) has written its first checkpoint whole: the stage is
-    early on and resumable. (Its folder appears when the save starts; an interrupt then leaves it partial.) The 33
-    steps left take about 15 s, far longer than the stop takes, so the stage can not finish (and remove its work
-    folder, as a finished stage does) before the interrupt reaches it."""
+    """Wait until token_pretrain (`PRETRAIN_STEPS`) has written its first checkpoint whole: the stage is early on and
+    resumable. (Its folder appears when the save starts; an interrupt then leaves it partial.)"""
     from nvila_model.train.stage import is_complete
 
     deadline = time.monotonic() + timeout
@@ -105,7 +106,7 @@ def _prefect_states(root: Path, env: dict[str, str]) -> dict[str, str]:
 
 
 def test_interrupts_and_kills_then_resume(tmp_path: Path) -> None:
-    root = git_project(tmp_path / "project", {"token_pretrain": {"max_steps": 36}})
+    root = git_project(tmp_path / "project", {"token_pretrain": {"max_steps": PRETRAIN_STEPS}})
     env = {**os.environ, "NVILA_PROJECT_DIR": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
            "PYTHONPATH": str(root), "PREFECT_HOME": str(root / ".prefect")}
     env.pop("PREFECT_API_URL", None)
