@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
 from flows.config import PipelineConfig, check_params, run_overrides
@@ -205,7 +206,7 @@ def nvila_pipeline(
             removed = pruning_effect(ws, order)
             answers = {column: read_answers(output_dir(ws.root, stage)) for column, stage in evals.items()}
             status = run_status(True)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C; SIGTERM (a kill, a cancel from the Prefect UI)
             status = "KILLED"
             raise
         finally:

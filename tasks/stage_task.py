@@ -67,7 +67,8 @@ _LIVE_LOCK = threading.Lock()
 
 class StageInterrupted(Exception):
     """The run was interrupted while this stage ran: its command was stopped (a training stage keeps its last
-    checkpoint). Raised in the stage's task thread; the flow itself raises KeyboardInterrupt."""
+    checkpoint). Raised in the stage's task thread; the flow itself raises KeyboardInterrupt (Ctrl-C) or Prefect's
+    TerminationSignal (SIGTERM)."""
 
 
 @dataclass(frozen=True)
@@ -265,8 +266,10 @@ def schedule(order: list[str], needs: dict[str, set[str]], parallel: int, submit
     """Start each stage of `order` once the stages it `needs` are done, up to `parallel` at once, in plan order where
     several are ready: `submit(stage, threads)` returns its future (`add_done_callback`, `result`), `threads` from
     `stage_threads` over the whole graph `needs` (a superset of `order`). After a failure nothing new starts, what
-    runs finishes (its result is cached for the next run) and the first failure is raised; on an interrupt `stop()`
-    stops what runs, and the interrupt is raised once it has. Returns each stage's result, in plan order.
+    runs finishes (its result is cached for the next run) and the first failure is raised; on an interrupt (or
+    anything else that ends the scheduler early) `stop()` stops what runs, and the interrupt is raised once it has:
+    the caller then removes the workspace, which a stage still running would go on reading. Returns each stage's
+    result, in plan order.
     """
     finished: queue.SimpleQueue[str] = queue.SimpleQueue()
     ended: set[str] = set()
@@ -292,7 +295,7 @@ def schedule(order: list[str], needs: dict[str, set[str]], parallel: int, submit
                 results[stage] = running.pop(stage).result()
             except Exception as exc:
                 failure = failure or exc
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM (Prefect raises TerminationSignal: a kill, a cancel from the UI), a bug
         stop()
         while not ended.issuperset(running):  # the running stages' tasks end once their commands have stopped
             time.sleep(0.1)

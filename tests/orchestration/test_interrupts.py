@@ -1,6 +1,8 @@
 """Ctrl-C and kills, from the command line as a user does it (shrunk pipeline up to token_pretrain):
 - SIGINT to the process group during a training stage: out within seconds, exit 130 with one line saying how to
   resume, the runs marked in MLflow (KILLED) and Prefect (Crashed), nothing left running, the checkpoint kept;
+- SIGTERM to the run's process alone (a `kill`, a container stop, a cancel from the Prefect UI): the same, exit 143;
+  the stage is stopped before its workspace is removed, so it never trains on records gone missing;
 - SIGKILL of the whole group: its Prefect server (in a session of its own) goes too; the next run marks the dead run
   and removes its workspace;
 - the next run resumes the interrupted stage from its checkpoint and restores the finished ones from the cache.
@@ -21,8 +23,9 @@ from tests.orchestration.conftest import git_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 STAGES = ["--stages", "token_pretrain"]
-# token_pretrain's steps (a checkpoint every 3): enough left after the first checkpoint (about 15 s) that the stage can
-# not finish, and remove its work folder as a finished stage does, before the interrupt reaches it (about 3 s)
+# token_pretrain's steps (a checkpoint every 3): enough left after the checkpoint each interrupt waits for (15 s after
+# the first, at least 10 s after the one the SIGTERM waits for) that the stage can not finish, and remove its work
+# folder as a finished stage does, before the interrupt reaches it (about 3 s)
 PRETRAIN_STEPS = 36
 
 
@@ -39,19 +42,43 @@ def _start(root: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
                             preexec_fn=_foreground)
 
 
-def _wait_for_checkpoint(root: Path, proc: subprocess.Popen, log: Path, timeout: float = 900) -> Path:
-    """Wait until token_pretrain (`PRETRAIN_STEPS`) has written its first checkpoint whole: the stage is early on and
-    resumable. (Its folder appears when the save starts; an interrupt then leaves it partial.)"""
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def _wait_for_checkpoint(root: Path, proc: subprocess.Popen, log: Path, after: int = 0, timeout: float = 900) -> Path:
+    """Wait until token_pretrain (`PRETRAIN_STEPS`) has written a checkpoint past step `after` whole: the stage is
+    early on and resumable. (Its folder appears when the save starts; an interrupt then leaves it partial.)"""
     from nvila_model.train.stage import is_complete
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        found = [p for p in (root / ".nvila" / "work").glob("token_pretrain/*/checkpoints/checkpoint-3")
-                 if is_complete(p)]
+        found = [p for p in (root / ".nvila" / "work").glob("token_pretrain/*/checkpoints/checkpoint-*")
+                 if _step(p) > after and is_complete(p)]
         if found:
-            return found[0]
+            return min(found, key=_step)
         time.sleep(0.1)
     raise AssertionError(f"no checkpoint appeared (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+
+
+def _stopped(root: Path, proc: subprocess.Popen, log: Path, checkpoint: Path, code: int) -> tuple[str, list[Path]]:
+    """After the signal: the run exits with `code` within seconds, nothing it started runs on, the stage keeps a
+    checkpoint, its workspace is gone. Returns the run's output and the complete checkpoints kept."""
+    from nvila_model.train.stage import is_complete
+
+    sent = time.monotonic()
+    proc.wait(timeout=120)
+    took = time.monotonic() - sent
+    output = log.read_text()
+    assert proc.returncode == code, output[-3000:]
+    assert took < 45, f"took {took:.0f} s to stop"
+    assert not _descendants_alive(proc.pid), "the stage, DVC and the servers stopped with it"
+    # The stage may have saved a later checkpoint (and rotated this one out) before the signal reached it.
+    kept = [p for p in checkpoint.parent.glob("checkpoint-*") if is_complete(p)]
+    assert kept, f"the interrupted stage keeps its last checkpoint (stopped {took:.1f} s after the signal):\n" + \
+        "\n".join(line for line in output.splitlines() if "token_pretrain" in line)
+    assert not list((root / ".nvila" / "workspaces").iterdir())
+    return output, kept
 
 
 def _descendants_alive(pgid: int) -> list[str]:
@@ -115,22 +142,16 @@ def test_interrupts_and_kills_then_resume(tmp_path: Path) -> None:
     proc = _start(root, env, first_log)
     checkpoint = _wait_for_checkpoint(root, proc, first_log)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    sent = time.monotonic()
-    proc.wait(timeout=120)
-    took = time.monotonic() - sent
-    output = first_log.read_text()
-    assert proc.returncode == 130, output[-3000:]
-    assert took < 45, f"took {took:.0f} s to stop"
+    output, kept = _stopped(root, proc, first_log, checkpoint, 130)
     lines = [line for line in output.splitlines() if line.startswith("nvila: ")]
     assert lines == [lines[0]] and "run the same command again to resume" in lines[0], lines
-    assert not _descendants_alive(proc.pid), "the stage, DVC and the servers stopped with it"
-    from nvila_model.train.stage import is_complete
 
-    # The stage may have saved a later checkpoint (and rotated this one out) before the signal reached it.
-    kept = [p for p in checkpoint.parent.glob("checkpoint-*") if is_complete(p)]
-    assert kept, f"the interrupted stage keeps its last checkpoint (stopped {took:.1f} s after the signal):\n" + \
-        "\n".join(line for line in output.splitlines() if "token_pretrain" in line)
-    assert not list((root / ".nvila" / "workspaces").iterdir())
+    term_log = tmp_path / "term.log"
+    proc = _start(root, env, term_log)
+    checkpoint = _wait_for_checkpoint(root, proc, term_log, after=max(map(_step, kept)))  # resumed, and training
+    proc.send_signal(signal.SIGTERM)  # to the run's process only: `kill`, a container stop, a Prefect cancel
+    output, _ = _stopped(root, proc, term_log, checkpoint, 128 + signal.SIGTERM)
+    assert "skipping record" not in output, "the stage went on after its workspace was removed"
 
     second_log = tmp_path / "second.log"
     killed = _start(root, env, second_log)
@@ -151,20 +172,20 @@ def test_interrupts_and_kills_then_resume(tmp_path: Path) -> None:
                           env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     client, parents = _mlflow(root)
-    assert [p.info.status for p in parents] == ["KILLED", "KILLED", "FINISHED"]
-    interrupted_stage = [r for r in client.search_runs(
-        [parents[0].info.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
-        if r.info.status != "FINISHED"]
-    assert [r.info.status for r in interrupted_stage] == ["KILLED"]
+    assert [p.info.status for p in parents] == ["KILLED", "KILLED", "KILLED", "FINISHED"]
+    for interrupted in parents[:2]:  # Ctrl-C, SIGTERM
+        stage_runs = client.search_runs([interrupted.info.experiment_id],
+                                        f"tags.mlflow.parentRunId = '{interrupted.info.run_id}'")
+        assert [r.info.status for r in stage_runs if r.info.status != "FINISHED"] == ["KILLED"]
     states = _prefect_states(root, env)
     flow_ids = [p.data.tags["prefect.flow_run_id"] for p in parents]
-    assert [states[i] for i in flow_ids] == ["Crashed", "Crashed", "Completed"]
+    assert [states[i] for i in flow_ids] == ["Crashed", "Crashed", "Crashed", "Completed"]
     last = {r.info.run_name: r for r in client.search_runs(
-        [parents[2].info.experiment_id], f"tags.mlflow.parentRunId = '{parents[2].info.run_id}'")}
+        [parents[3].info.experiment_id], f"tags.mlflow.parentRunId = '{parents[3].info.run_id}'")}
     assert last["generate"].data.tags["cached"] == "true"
     assert not list((root / ".nvila" / "workspaces").iterdir()) and not list((root / ".nvila" / "runs").iterdir())
     import dvc.api
 
-    exp = next(e for e in dvc.api.exp_show(repo=str(root)) if e.get("Experiment") == parents[2].info.run_name)
+    exp = next(e for e in dvc.api.exp_show(repo=str(root)) if e.get("Experiment") == parents[3].info.run_name)
     meta = dvc.api.read(f"runs/{checkpoint.parent.parent.parent.name}/meta.json", repo=str(root), rev=exp["rev"])
     assert '"resumed_from": "' in meta, "the interrupted stage resumed from its checkpoint"

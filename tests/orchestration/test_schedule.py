@@ -5,12 +5,14 @@ starts and the first failure is raised; an interrupt stops what runs. Real threa
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prefect.exceptions import TerminationSignal
 
 from tasks.dvc_stages import stage_graph
 from tasks.stage_task import schedule, stage_threads
@@ -126,7 +128,11 @@ def test_after_a_failure_nothing_new_starts_what_runs_finishes_and_the_failure_i
     assert ("end", "projector_init") in [e[:2] for e in rec.log], "the running stage finished before the raise"
 
 
-def test_an_interrupt_stops_the_running_stages_before_it_is_raised() -> None:
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), TerminationSignal(signal.SIGTERM), RuntimeError("bug")],
+                         ids=["ctrl-c", "sigterm", "error"])
+def test_an_interrupt_stops_the_running_stages_before_it_is_raised(interrupt: BaseException) -> None:
+    """Whatever ends the scheduler early (Ctrl-C; SIGTERM, which Prefect raises as TerminationSignal in a flow; an
+    error of the flow's own), the running stages are stopped first: the flow then removes their workspace."""
     stopped, log, pool = threading.Event(), [], ThreadPoolExecutor(4)
 
     def run(stage: str) -> str:
@@ -138,11 +144,11 @@ def test_an_interrupt_stops_the_running_stages_before_it_is_raised() -> None:
 
     def submit(stage: str, threads: int | None):
         if stage == "token_pretrain":
-            raise KeyboardInterrupt  # Ctrl-C as the flow starts the next stage
+            raise interrupt  # as the flow starts the next stage
         return pool.submit(run, stage)
 
     began = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(type(interrupt)):
         schedule(ORDER, NEEDS, 2, submit, stopped.set)
     assert time.monotonic() - began < 5, "the scheduler stopped the running stage instead of waiting it out"
     assert log[-1] == ("end", "score"), "raised only once the running stage had ended"
