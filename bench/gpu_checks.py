@@ -151,13 +151,13 @@ def ws_device(model: Any) -> torch.device:
 
 
 def check_flash_varlen(ws: Workspace) -> dict[str, Any]:
-    """One packed row through flash-attn's varlen kernel gives each sample's own (SDPA, unpacked) loss; as a
-    control, several samples per row without boundaries (what flash-attn did before) must not."""
+    """One packed row through flash-attn's varlen kernel, and through sdpa_varlen on the GPU, gives each sample's own
+    (SDPA, unpacked) loss; as a control, the same row without boundaries (one sequence) must not."""
     import flash_attn  # the `gpu` extra; the error names it when missing
     from transformers import modeling_flash_attention_utils as fa_utils
 
     from nvila_model.checkpoint import load_checkpoint
-    from nvila_model.data.collate import PackingCollator, PaddingCollator
+    from nvila_model.data.collate import FLASH_KWARGS, PackingCollator, PaddingCollator
     from nvila_model.data.loader import LlavaDataset
     from nvila_model.train.stage import make_collator
 
@@ -166,7 +166,9 @@ def check_flash_varlen(ws: Workspace) -> dict[str, Any]:
     samples = [s for s in (dataset[i] for i in range(len(dataset))) if s is not None]
     model.set_attn_implementation("sdpa")
     alone = torch.cat([per_sample_losses(model, PaddingCollator(processor.pad_id), [s]) for s in samples])
-    sdpa_packed = per_sample_losses(model, make_collator(ws.stage("x", "bf16"), processor.pad_id, "sdpa")[0], samples)
+    model.set_attn_implementation("sdpa_varlen")
+    sdpa_varlen = per_sample_losses(model, make_collator(ws.stage("x", "bf16"), processor.pad_id, "sdpa_varlen")[0],
+                                    samples)
     calls = []
     real = flash_attn.flash_attn_varlen_func
 
@@ -175,22 +177,27 @@ def check_flash_varlen(ws: Workspace) -> dict[str, Any]:
         calls.append(1)
         return real(*args, **kwargs)
 
+    def one_sequence(batch_samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = {k: v for k, v in PackingCollator()(batch_samples).items() if k not in FLASH_KWARGS}
+        return batch | {"position_ids": torch.arange(batch["input_ids"].shape[1])[None]}
+
     flash_attn.flash_attn_varlen_func, fa_utils._loaded_implementation = counted, None  # re-imported on next use
     try:
         model.set_attn_implementation("flash_attention_2")
         collator, layout = make_collator(ws.stage("x", "bf16"), processor.pad_id, "flash_attention_2")
         flash = per_sample_losses(model, collator, samples)
         varlen_calls = len(calls)
-        crossing = per_sample_losses(model, PackingCollator(processor.pad_id, 1024), samples)
+        crossing = per_sample_losses(model, one_sequence, samples)
     finally:
         flash_attn.flash_attn_varlen_func, fa_utils._loaded_implementation = real, None
-    diff_flash, diff_sdpa = float((flash - alone).abs().max()), float((sdpa_packed - alone).abs().max())
+    diff_flash, diff_sdpa = float((flash - alone).abs().max()), float((sdpa_varlen - alone).abs().max())
     diff_crossing = float((crossing - alone).abs().max())
-    if not varlen_calls or diff_flash > 0.05 or diff_crossing <= 0.05:
-        raise AssertionError(f"flash varlen calls {varlen_calls}, max |loss - per-sample loss| {diff_flash:.4f} "
-                             f"(must be <= 0.05), rows without boundaries {diff_crossing:.4f} (must be > 0.05)")
+    if not varlen_calls or max(diff_flash, diff_sdpa) > 0.05 or diff_crossing <= 0.05:
+        raise AssertionError(f"flash varlen calls {varlen_calls}, max |loss - per-sample loss| flash {diff_flash:.4f}, "
+                             f"sdpa_varlen {diff_sdpa:.4f} (must be <= 0.05), one sequence without boundaries "
+                             f"{diff_crossing:.4f} (must be > 0.05)")
     return {"samples": len(samples), "varlen_calls": varlen_calls, "max_abs_diff_flash_vs_alone": diff_flash,
-            "max_abs_diff_sdpa_packed_vs_alone": diff_sdpa, "max_abs_diff_rows_without_boundaries": diff_crossing,
+            "max_abs_diff_sdpa_varlen_vs_alone": diff_sdpa, "max_abs_diff_without_boundaries": diff_crossing,
             "mean_loss": float(alone.mean()), "layout": layout}
 
 

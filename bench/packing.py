@@ -1,4 +1,13 @@
-"""Sequence packing vs padding: padding ratio and training tokens/s on the same samples, in the same run."""
+"""Sequence packing vs padding, and varlen attention vs a block-diagonal mask: padding ratio and training
+tokens/s on the same samples, in the same run, the settings alternating step by step.
+
+- `padded`: one sample per row, padded, SDPA with the padding mask (`packing: false`);
+- `masked-rows-<budget>`: rows of at most `budget` tokens, first-fit, padded to the widest, SDPA with the dense
+  block-diagonal mask transformers builds from the position ids (the CPU layout before sdpa_varlen; built here only);
+- `varlen`: the stages' layout, one row per micro-batch with the samples' boundaries, sdpa_varlen.
+
+    python bench/packing.py [--samples 128] [--batch-size 16] [--budgets 256] [--preset small] [--uncompressed]
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nvila_model.data.collate import PackingCollator, PaddingCollator, model_inputs, pack_rows
+from nvila_model.data.collate import PackingCollator, PaddingCollator, model_inputs
 from nvila_model.data.config import GenerateConfig
 from nvila_model.data.generate import run_generate
 from nvila_model.data.loader import LlavaDataset
@@ -23,12 +32,28 @@ from nvila_model.tokenizer import train_tokenizer
 RESULTS = Path(__file__).parent / "results"
 
 
-class OneRowPerLongSample(PackingCollator):
-    """The packing rule before: a sample over the budget alone in its row, the others in rows of the budget, every
-    row padded to the widest (timed beside the collator when some sample is over the budget)."""
-
-    def rows(self, lengths: list[int]) -> list[list[int]]:
-        return pack_rows(lengths, self.max_tokens)
+def masked_rows(samples: list[dict], budget: int, pad_id: int) -> dict:
+    """The samples first-fit into rows of at most max(budget, the longest) tokens, each row padded to the widest,
+    positions restarting per sample (transformers masks each row block-diagonally from them)."""
+    lengths = [s["input_ids"].shape[0] for s in samples]
+    width_cap = max(budget, *lengths)
+    rows: list[list[int]] = []
+    for i in sorted(range(len(samples)), key=lambda i: -lengths[i]):
+        row = next((r for r in rows if sum(lengths[j] for j in r) + lengths[i] <= width_cap), None)
+        if row is None:
+            rows.append([i])
+        else:
+            row.append(i)
+    width = max(sum(lengths[j] for j in r) for r in rows)
+    packed = [PackingCollator()([samples[j] for j in r]) for r in rows]
+    pad = {"input_ids": pad_id, "labels": -100, "position_ids": 0}
+    batch = {k: torch.cat([torch.nn.functional.pad(b[k], (0, width - b[k].shape[1]), value=v) for b in packed])
+             for k, v in pad.items()}
+    order = [j for r in rows for j in r]
+    return batch | {"attention_mask": None, "pixel_values": torch.cat([b["pixel_values"] for b in packed]),
+                    "media_layout": torch.cat([b["media_layout"] for b in packed]),
+                    "sample_lengths": torch.tensor([lengths[j] for j in order]),
+                    "ids": [samples[j].get("id") for j in order]}
 
 
 def train_alternating(models: dict[str, torch.nn.Module], settings: dict[str, list[dict]],
@@ -64,12 +89,11 @@ def train_alternating(models: dict[str, torch.nn.Module], settings: dict[str, li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=128)
-    parser.add_argument("--budgets", default="256,1024", help="packing budgets (tokens per row) to compare")
-    parser.add_argument("--batch-size", type=int, default=16, help="samples per optimizer step (both settings)")
+    parser.add_argument("--budgets", default="256", help="row budgets (tokens) of the masked-rows layouts")
+    parser.add_argument("--batch-size", type=int, default=16, help="samples per optimizer step (every setting)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--uncompressed", action="store_true",
-                        help="Dynamic-S2 without token compression (the frontier's s2_uncompressed), whose samples "
-                             "are mostly longer than the budget")
+                        help="Dynamic-S2 without token compression (the frontier's s2_uncompressed): long samples")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,23 +109,22 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     groups = [samples[i:i + args.batch_size] for i in range(0, len(samples), args.batch_size)]
     settings = {"padded": [PaddingCollator(processor.pad_id)(g) for g in groups]}
-    longest = max(s["input_ids"].shape[0] for s in samples)
     for budget in budgets:
-        if longest > budget:  # samples over the budget: the rule before, beside the collator's
-            settings[f"row-per-long-{budget}"] = [OneRowPerLongSample(processor.pad_id, budget)(g) for g in groups]
-        settings[f"packed-{budget}"] = [PackingCollator(processor.pad_id, max_tokens=budget)(g) for g in groups]
+        settings[f"masked-rows-{budget}"] = [masked_rows(g, budget, processor.pad_id) for g in groups]
+    settings["varlen"] = [PackingCollator()(g) for g in groups]
     models = {}
     for name in settings:
         torch.manual_seed(0)
         models[name] = NVILAForConditionalGeneration(config)
+        models[name].set_attn_implementation("sdpa_varlen" if name == "varlen" else "sdpa")
     train_alternating(models, {k: v[:1] for k, v in settings.items()})  # warm-up, not reported
     rows = train_alternating(models, settings)
     lengths = [s["input_ids"].shape[0] for s in samples]
     print(f"packing bench, preset {args.preset}, {len(samples)} samples (lengths {min(lengths)}-{max(lengths)}), "
           f"{args.batch_size} samples/step, torch threads {torch.get_num_threads()}")
-    print(f"{'setting':>12} {'rows':>6} {'pad ratio':>10} {'seconds':>8} {'tokens/s':>10} {'samples/s':>10}")
+    print(f"{'setting':>16} {'rows':>6} {'pad ratio':>10} {'seconds':>8} {'tokens/s':>10} {'samples/s':>10}")
     for name, r in rows.items():
-        print(f"{name:>12} {r['rows']:>6} {r['padding_ratio']:>10} {r['seconds']:>8} {r['tokens_per_s']:>10} "
+        print(f"{name:>16} {r['rows']:>6} {r['padding_ratio']:>10} {r['seconds']:>8} {r['tokens_per_s']:>10} "
               f"{r['samples_per_s']:>10}")
     speedup = {name: round(r["tokens_per_s"] / rows["padded"]["tokens_per_s"], 3) for name, r in rows.items()}
     print("training tokens/s relative to padded:", speedup)

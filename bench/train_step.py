@@ -3,7 +3,7 @@
   loss over every position (what `Qwen2ForCausalLM` computes with labels), alternating step by step;
 - a step's data path (decode, Dynamic-S2 tiling, tokenization of its samples) against a sample-cache hit.
 
-    python bench/train_step.py [--steps 12] [--batch-size 32] [--pack-tokens 256]
+    python bench/train_step.py [--steps 12] [--batch-size 32]
 """
 
 from __future__ import annotations
@@ -24,18 +24,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--pack-tokens", type=int, default=256)
     args = parser.parse_args()
 
     import torch
 
-    from nvila_model.data.collate import PackingCollator, model_inputs
+    from nvila_model.data.collate import FLASH_KWARGS, PackingCollator, model_inputs
     from nvila_model.data.loader import LlavaDataset
     from nvila_model.data.manifest import read_manifest
     from nvila_model.modeling import NVILAForConditionalGeneration
     from nvila_model.presets import build_config
     from nvila_model.processor import NVILAProcessor
     from nvila_model.tokenizer import load_tokenizer
+    from nvila_model.train.precision import resolve_attention
 
     with tempfile.TemporaryDirectory() as tmp:
         data, tok_dir = make_corpus(Path(tmp), scale=0.3)
@@ -52,16 +52,19 @@ def main() -> None:
         assert all(dataset[i] is samples[i] for i in range(len(records)))
         hit_s = (time.perf_counter() - start) / args.steps
 
-    collate = PackingCollator(processor.pad_id, args.pack_tokens)
+    collate = PackingCollator()
     batches = [model_inputs(collate(samples[i:i + args.batch_size])) for i in range(0, len(samples), args.batch_size)]
     torch.manual_seed(0)
     model = NVILAForConditionalGeneration(config).train()
+    model.set_attn_implementation(resolve_attention("auto"))  # as a stage does
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def every_position(batch):  # the LLM's own loss: logits at every position
         embeds = model.embed(batch["input_ids"], batch["pixel_values"], batch["media_layout"])
-        return model.language_model(inputs_embeds=embeds, position_ids=batch["position_ids"],
-                                     labels=batch["labels"], use_cache=False).loss
+        boundaries = {k: batch[k] for k in FLASH_KWARGS}
+        return model.language_model(inputs_embeds=embeds, attention_mask=model.packed_mask(None, boundaries),
+                                     position_ids=batch["position_ids"], labels=batch["labels"], use_cache=False,
+                                     **boundaries).loss
 
     losses = {"supervised positions": lambda b: model(**b).loss, "every position": every_position}
     seconds = dict.fromkeys(losses, 0.0)
@@ -76,15 +79,15 @@ def main() -> None:
     rows = [{"part": f"step, loss on {name}", "seconds_per_step": round(s, 4)} for name, s in step_s.items()]
     rows += [{"part": "data path, decoded", "seconds_per_step": round(decode_s, 4)},
              {"part": "data path, cache hit", "seconds_per_step": round(hit_s, 6)}]
-    print(f"train step bench: tiny preset, {args.batch_size} samples/step, packed rows of <= {args.pack_tokens} "
-          f"tokens, {len(batches)} steps, torch threads {torch.get_num_threads()}")
+    print(f"train step bench: tiny preset, {args.batch_size} samples/step, one packed row each, "
+          f"{len(batches)} steps, torch threads {torch.get_num_threads()}")
     print_table(rows, ["part", "seconds_per_step"])
     old = step_s["every position"] + decode_s
     new = step_s["supervised positions"] + hit_s
     ratios = {"loss_speedup": round(step_s["every position"] / step_s["supervised positions"], 3),
               "data_path_share_of_step": round(decode_s / old, 3), "step_with_data_speedup": round(old / new, 3)}
     print(ratios)
-    write_results("train_step", {"preset": "tiny", "batch_size": args.batch_size, "pack_tokens": args.pack_tokens,
+    write_results("train_step", {"preset": "tiny", "batch_size": args.batch_size, "attention": "sdpa_varlen",
                                  "steps": len(batches), "rows": rows, **ratios})
 
 

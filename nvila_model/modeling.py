@@ -18,6 +18,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from nvila_model.attention import VARLEN_KERNELS
 from nvila_model.config import IGNORE_INDEX, NVILAConfig
 from nvila_model.dynamic_s2 import merge_scales, num_tiles, stitch
 from nvila_model.projector import Projector
@@ -200,7 +201,9 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Causal LM forward. Packed rows: `position_ids` restarting per sample and `attention_mask=None` give
-        block-diagonal causal attention (transformers detects the packing from the position ids)."""
+        block-diagonal causal attention (transformers detects the packing from the position ids); one packed row
+        with `cu_seq_lens_q/k` (flash_attention_2, sdpa_varlen) builds no mask at all."""
+        attention_mask = self.packed_mask(attention_mask, kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values, media_layout)
         if labels is not None and self.training:
@@ -212,6 +215,16 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
             cache=cache, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def packed_mask(self, attention_mask: torch.Tensor | None, kwargs: dict) -> torch.Tensor | dict | None:
+        """No mask for a packed row with varlen boundaries when the LLM's kernel reads them (flash-attn,
+        sdpa_varlen): the mask transformers would build from the position ids is dense, [L, L] over the whole row.
+        Other kernels (sdpa, eager) get that mask, which keeps the samples apart too."""
+        text_config = self.config.text_config
+        if (attention_mask is None and kwargs.get("cu_seq_lens_q") is not None
+                and text_config._attn_implementation in VARLEN_KERNELS):
+            return dict.fromkeys(text_config.layer_types)
+        return attention_mask
 
     def supervised_loss(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
                         position_ids: torch.LongTensor | None, labels: torch.LongTensor,
@@ -239,6 +252,7 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         supervised_BL)`, T the supervised positions in row-major order (position t predicts label t + 1)."""
         # the decoder and head as transformers names them, also when peft wraps the LLM (LoRA)
         decoder = self.language_model.get_decoder()
+        attention_mask = self.packed_mask(attention_mask, kwargs)
         hidden_BLD = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=False, **kwargs).last_hidden_state
         targets_BL = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(hidden_BLD.device)  # t predicts t + 1

@@ -33,11 +33,11 @@ def proxy_share(records: list[dict[str, Any]], share: float, seed: int) -> list[
 
 def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, Any]], media_root: str | Path,
                 steps: int, batch_size: int, lr: float, seed: int, out: str | Path,
-                pack_tokens: int | None = None, align_steps: int = 0, vision_lr_ratio: float = 1.0) -> Path:
+                align_steps: int = 0, vision_lr_ratio: float = 1.0) -> Path:
     """Train preset `preset` from scratch with the project trainer and save a checkpoint dir to `out`: first
     `align_steps` of alignment on the image records, the LLM frozen (half the projector alone, half the vision
     tower with it), then `steps` on all records and modules; one LR (`lr`, the vision tower's times
-    `vision_lr_ratio`), packed rows of at most `pack_tokens` (None: the trainer's default). Each alignment phase
+    `vision_lr_ratio`), packed as the stages are. Each alignment phase
     is written beside `out` (`<out>-align-projector`, `<out>-align-vision`); the next starts from it."""
     from nvila_model.checkpoint import load_checkpoint
     from nvila_model.data.manifest import record_kind
@@ -69,7 +69,7 @@ def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, 
     make_model, inputs = fresh_model, {"tokenizer": str(tokenizer_dir)}
     for suffix, count, modules, phase_records in [phase for phase in phases if phase[1] > 0]:
         cfg = StageConfig(train_modules=modules, lr={m: lrs[m] for m in modules}, datasets=["bootstrap-share"],
-                          batch_size=batch_size, max_steps=count, pack_tokens=pack_tokens, max_grad_norm=5.0,
+                          batch_size=batch_size, max_steps=count, max_grad_norm=5.0,
                           save_steps=count, logging_steps=count, seed=seed, resume=False)
         stage = f"proxy-{preset}{suffix}"
         work = work_dir(stage, fingerprint(stage, cfg, {"preset": preset}, inputs))
@@ -102,7 +102,7 @@ def bootstrap_scorers(cfg: BootstrapConfig, records: list[dict[str, Any]], media
     for role, preset, align, steps in (("small", cfg.small_preset, 0, cfg.small_steps),
                                        ("large", cfg.large_preset, cfg.large_align_steps, cfg.large_steps)):
         path = train_proxy(preset, tokenizer_dir, train, media_root, steps, cfg.batch_size, cfg.lr, seed,
-                           Path(out) / role, cfg.pack_tokens, align, cfg.vision_lr_ratio)
+                           Path(out) / role, align, cfg.vision_lr_ratio)
         meta = path / "meta.json"  # the trainer's run record, extended with the proxy's identity
         meta.write_text(json.dumps(json.loads(meta.read_text()) | {
             "kind": "deltaloss-proxy", "role": role, "preset": preset, "steps": steps, "align_steps": align,

@@ -55,8 +55,6 @@ class BootstrapConfig:
     large_steps: int = Field(default=200, ge=1)
     batch_size: int = Field(default=16, ge=1)
     lr: float = Field(default=2e-3, gt=0)
-    # Token budget of the proxies' packed rows (they read no stage settings); None: the trainer's default, max_length.
-    pack_tokens: int | None = Field(default=None, ge=16)
     # 1: both proxies train on a `share` of all records and score every record (including those they saw).
     # k >= 2, cross-fitting: the records are cut into k seeded folds and each fold is scored by proxies trained on
     # (a `share` of) the other folds only, so no record is scored by a model that trained on it (k pairs trained).

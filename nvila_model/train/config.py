@@ -13,7 +13,7 @@ from nvila_model.params import DeviceSetting, config
 MODULES = ("vision_tower", "projector", "language_model")
 Module = Literal["vision_tower", "projector", "language_model"]
 Precision = Literal["auto", "fp32", "bf16", "fp8"]
-Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+Attention = Literal["auto", "sdpa_varlen", "flash_attention_2"]
 
 
 @config
@@ -49,11 +49,9 @@ class StageConfig:
     num_video_frames: int | None = Field(default=None, ge=1)   # override the model's frames for this stage
     video_pool_size: int | None = Field(default=None, ge=1)
     packing: bool = True
-    pack_tokens: int | None = Field(default=None, ge=16)     # token budget of one packed row (SDPA/eager); default
-    #                                                          max_length (flash-attn packs one row per micro-batch)
     precision: Precision = "auto"            # auto (bf16 on a GPU with bf16, else fp32) | fp32 | bf16 | fp8
     fp8_emulate: bool | None = None          # fp8 matmuls emulated in bf16; None: exactly when no FP8 GPU
-    attn_implementation: Attention = "auto"  # auto (flash-attn varlen on GPU when installed, else sdpa)
+    attn_implementation: Attention = "auto"  # auto: flash-attn varlen on a GPU when installed, else sdpa_varlen
     gradient_checkpointing: bool = False
     deepspeed: str | None = None             # a configs/deepspeed/*.json, used when distributed or on GPU
     logging_steps: int = Field(default=10, ge=1)

@@ -66,16 +66,16 @@ def resolve_precision(requested: str, fp8_emulate: bool | None = None) -> str:
 
 
 def resolve_attention(requested: str) -> str:
-    """'flash_attention_2' (varlen kernels for packed rows) on a GPU with flash-attn installed, else 'sdpa'
-    (exact block-diagonal masked attention for packed rows). Asking for flash-attn without it is an error."""
+    """'flash_attention_2' on a GPU with flash-attn installed, else 'sdpa_varlen' (nvila_model/attention.py): both
+    attend within each sample of a packed row from its boundaries. Asking for flash-attn without it is an error."""
     import importlib.util
 
     available = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
     if requested == "auto":
-        return "flash_attention_2" if available else "sdpa"
+        return "flash_attention_2" if available else "sdpa_varlen"
     if requested == "flash_attention_2" and not available:
         raise ValueError("attn_implementation flash_attention_2 needs a CUDA GPU and the `gpu` extra "
-                         "(pip install 'nvila-pipeline[gpu]'); use sdpa")
+                         "(pip install 'nvila-pipeline[gpu]'); use sdpa_varlen")
     return requested
 
 

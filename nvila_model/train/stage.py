@@ -113,17 +113,12 @@ def training_arguments(cfg: StageConfig, checkpoints: Path, bf16: bool) -> Train
 
 
 def make_collator(cfg: StageConfig, pad_id: int, attention: str) -> tuple[Any, str]:
-    """The stage's batch collator and how it lays out a micro-batch (recorded in meta.json): with flash-attn one
-    packed row per micro-batch with varlen boundaries, with SDPA/eager rows of at most `pack_tokens` tokens
-    (or the micro-batch's longest sample)."""
+    """The stage's batch collator and how it lays out a micro-batch (recorded in meta.json)."""
     if not cfg.packing:
         return PaddingCollator(pad_id), "padded rows, one sample each"
-    if attention == "flash_attention_2":
-        return (PackingCollator(pad_id, None, flash_attn_kwargs=True),
-                "one packed row per micro-batch, flash-attn varlen boundaries (cu_seq_lens_q/k)")
-    budget = cfg.pack_tokens or cfg.max_length
-    return (PackingCollator(pad_id, budget),
-            f"packed rows of <= max({budget}, the longest sample) tokens, block-diagonal mask from position_ids")
+    kernel = ("flash-attn varlen kernel" if attention == "flash_attention_2"
+              else "one causal SDPA call per sample (sdpa_varlen)")
+    return PackingCollator(), f"one packed row per micro-batch, no padding; {kernel} on cu_seq_lens_q/k"
 
 
 def work_dir(stage: str, fingerprint: str, root: str | Path | None = None) -> Path:

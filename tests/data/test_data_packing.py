@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nvila_model.data.collate import PackingCollator, PaddingCollator, model_inputs, pack_rows, per_sample_losses
+from nvila_model.data.collate import PackingCollator, PaddingCollator, model_inputs, per_sample_losses
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.manifest import read_manifest, record_kind
 
@@ -18,54 +19,32 @@ def _fake(n: int, tag: int, media: int = 0) -> dict:
             "pixel_values": torch.full((media, 3, 2, 2), float(tag)), "media_layout": torch.full((media, 4), tag)}
 
 
-def test_pack_rows_respects_the_budget_and_keeps_order() -> None:
-    rows = pack_rows([5, 3, 6, 2, 4], max_tokens=8)
-    assert sorted(i for r in rows for i in r) == [0, 1, 2, 3, 4]
-    assert all(sum([5, 3, 6, 2, 4][i] for i in r) <= 8 for r in rows) and len(rows) == 3
-    assert all(r == sorted(r) for r in rows) and [r[0] for r in rows] == sorted(r[0] for r in rows)
-    assert pack_rows([12, 1], max_tokens=8) == [[0], [1]]  # an oversized sample gets its own row
-
-
 def test_packed_batch_layout() -> None:
     samples = [_fake(5, 1, media=1), None, _fake(3, 2), _fake(6, 3, media=2), _fake(2, 4, media=1)]
-    batch = PackingCollator(pad_id=0, max_tokens=8)(samples)
-    assert batch["attention_mask"] is None and batch["input_ids"].shape == (2, 8)
+    batch = PackingCollator()(samples)
+    assert batch["attention_mask"] is None and batch["input_ids"].shape == (1, 16)  # one row, no padding
     assert batch["ids"] == ["s1", "s2", "s3", "s4"]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 4, 5, 0, 1]]
-    assert batch["labels"][0].tolist() == [-100, 1, 1, 1, 1, -100, 2, 2]
+    assert batch["position_ids"].tolist() == [[*range(5), *range(3), *range(6), *range(2)]]
+    assert batch["labels"][0, :8].tolist() == [-100, 1, 1, 1, 1, -100, 2, 2]
     assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 3.0, 3.0, 4.0]
     assert batch["media_layout"][:, 0].tolist() == [1, 3, 3, 4]
-    assert "cu_seq_lens_q" not in batch  # boundaries are for the flash-attn layout only
-    assert batch["sample_starts"].tolist() == [0, 5, 8, 14]
+    assert batch["sample_starts"].tolist() == [0, 5, 8, 14] and batch["sample_lengths"].tolist() == [5, 3, 6, 2]
+    assert batch["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_k"].tolist() == [0, 5, 8, 14, 16]
+    assert batch["cu_seq_lens_q"].dtype == torch.int32 and batch["max_length_q"] == batch["max_length_k"] == 6
     padded = PaddingCollator(pad_id=0)(samples)
     assert padded["input_ids"].shape == (4, 6) and padded["attention_mask"].sum(1).tolist() == [5, 3, 6, 2]
     assert padded["labels"][1].tolist() == [2, 2, 2, -100, -100, -100]
 
 
-def test_a_sample_over_the_budget_widens_every_row_of_its_batch_instead_of_taking_one_alone() -> None:
-    """Rows are padded to the widest, so with a 12-token sample the others fill rows of 12, not rows of 8 padded."""
-    batch = PackingCollator(pad_id=0, max_tokens=8)([_fake(12, 1), _fake(5, 2), _fake(6, 3), _fake(1, 4)])
-    assert batch["input_ids"].shape == (2, 12)
-    assert batch["position_ids"][1].tolist() == [*range(5), *range(6), 0]
-    assert PackingCollator(pad_id=0, max_tokens=8)([_fake(5, 2), _fake(6, 3)])["input_ids"].shape == (2, 6)
-
-
-def test_transformers_detects_packed_segments() -> None:
-    from transformers.masking_utils import find_packed_sequence_indices
-
-    position_ids = PackingCollator(pad_id=0, max_tokens=8)([_fake(5, 1), _fake(3, 2), _fake(6, 3)])["position_ids"]
-    assert find_packed_sequence_indices(position_ids).tolist() == [[0, 0, 0, 0, 0, 1, 1, 1], [0] * 6 + [1, 1]]
-
-
-def test_flash_layout_is_one_row_that_transformers_recognises_as_packed() -> None:
-    """The flash-attn path: transformers infers varlen boundaries from position_ids only for a one-row batch, and
-    takes explicit ones in DataCollatorWithFlattening's convention; both must equal the samples' boundaries."""
+def test_packed_row_is_what_transformers_recognises_as_packed() -> None:
+    """flash-attn: transformers infers varlen boundaries from position_ids only for a one-row batch, and takes
+    explicit ones in DataCollatorWithFlattening's convention; both must equal the samples' boundaries."""
     from transformers import DataCollatorWithFlattening
     from transformers.masking_utils import find_packed_sequence_indices
     from transformers.modeling_flash_attention_utils import _is_packed_sequence, prepare_fa_kwargs_from_position_ids
 
     samples = [_fake(5, 1, media=1), _fake(3, 2), _fake(6, 3, media=2)]
-    batch = PackingCollator(pad_id=0, max_tokens=None, flash_attn_kwargs=True)(samples)
+    batch = PackingCollator()(samples)
     position_ids = batch["position_ids"]
     assert batch["input_ids"].shape == (1, 14) and _is_packed_sequence(position_ids, batch_size=1)
     assert find_packed_sequence_indices(position_ids).tolist() == [[0] * 5 + [1] * 3 + [2] * 6]
@@ -77,8 +56,15 @@ def test_flash_layout_is_one_row_that_transformers_recognises_as_packed() -> Non
     assert reference["position_ids"].tolist() == position_ids.tolist()
     assert reference["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_q"].tolist()
     assert reference["input_ids"].tolist() == batch["input_ids"].tolist()
-    several_rows = PackingCollator(pad_id=0, max_tokens=8)(samples)["position_ids"]
-    assert several_rows.shape[0] > 1 and not _is_packed_sequence(several_rows, batch_size=several_rows.shape[0])
+
+
+@pytest.fixture()
+def own_model(tiny_config):
+    """A tiny model with its own config: these tests switch its attention implementation."""
+    from nvila_model.modeling import NVILAForConditionalGeneration
+
+    torch.manual_seed(0)
+    return NVILAForConditionalGeneration(copy.deepcopy(tiny_config)).eval()
 
 
 @pytest.fixture()
@@ -90,21 +76,64 @@ def mixed_samples(corpus: Path, processor) -> list[dict]:
     return [ds[i] for i in range(len(ds))]
 
 
-def test_packed_and_padded_losses_equal_one_by_one(mixed_samples: list[dict], tiny_model) -> None:
+@pytest.mark.parametrize("attention", ["sdpa_varlen", "sdpa"])
+def test_packed_and_padded_losses_equal_one_by_one(mixed_samples: list[dict], own_model, attention: str) -> None:
+    """sdpa_varlen keeps the samples of a packed row apart by its boundaries; plain sdpa by the block-diagonal mask
+    transformers builds from the position ids."""
     torch.manual_seed(0)
+    own_model.set_attn_implementation(attention)
+    assert own_model.config.text_config._attn_implementation == attention
     with torch.no_grad():
-        alone = torch.cat([per_sample_losses(tiny_model(**model_inputs(b)).logits, b)
+        alone = torch.cat([per_sample_losses(own_model(**model_inputs(b)).logits, b)
                            for b in (PaddingCollator(0)([s]) for s in mixed_samples)])
-        budget = max(s["input_ids"].shape[0] for s in mixed_samples) + 40
-        packed = PackingCollator(pad_id=0, max_tokens=budget)(mixed_samples)
-        assert packed["input_ids"].shape[0] < len(mixed_samples)  # several samples really share a row
-        packed_losses = per_sample_losses(tiny_model(**model_inputs(packed)).logits, packed)
+        packed = PackingCollator()(mixed_samples)
+        packed_losses = per_sample_losses(own_model(**model_inputs(packed)).logits, packed)
         padded = PaddingCollator(0)(mixed_samples)
-        padded_losses = per_sample_losses(tiny_model(**model_inputs(padded)).logits, padded)
-    order = [[s["id"] for s in mixed_samples].index(i) for i in packed["ids"]]
-    torch.testing.assert_close(packed_losses, alone[order], atol=2e-5, rtol=1e-5)
+        padded_losses = per_sample_losses(own_model(**model_inputs(padded)).logits, padded)
+    torch.testing.assert_close(packed_losses, alone, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(padded_losses, alone, atol=2e-5, rtol=1e-5)
     assert alone.isfinite().all() and alone.std() > 0
+
+
+def test_sdpa_varlen_runs_one_causal_call_per_sample_and_builds_no_mask(mixed_samples: list[dict], own_model,
+                                                                        monkeypatch) -> None:
+    """The training forward on a packed row: each LLM layer attends once per sample, on that sample's slice, with
+    no mask built; its loss and gradients equal those of the masked sdpa path."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    from nvila_model import attention
+
+    batch = model_inputs(PackingCollator()(mixed_samples))
+
+    def loss_and_grads(implementation: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        own_model.set_attn_implementation(implementation)
+        own_model.train().zero_grad()
+        loss = own_model(**batch).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in own_model.named_parameters() if p.grad is not None}
+
+    masked_loss, masked_grads = loss_and_grads("sdpa")
+    lengths: list[int] = []
+    sdpa = attention.sdpa_attention_forward
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        if query.shape[0] == 1:  # the LLM's calls (the vision tower's batch holds every tile)
+            assert attention_mask is None and kwargs["is_causal"]
+            lengths.append(query.shape[2])
+        return sdpa(module, query, key, value, attention_mask, **kwargs)
+
+    def no_mask(*args, **kwargs):
+        raise AssertionError("a mask was built for a packed row")
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", recording)
+    monkeypatch.setitem(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, attention.NAME, no_mask)
+    varlen_loss, varlen_grads = loss_and_grads(attention.NAME)
+    sample_lengths = [s["input_ids"].shape[0] for s in mixed_samples]
+    assert lengths == sample_lengths * own_model.config.text_config.num_hidden_layers
+    torch.testing.assert_close(varlen_loss, masked_loss, atol=1e-5, rtol=1e-5)
+    assert varlen_grads.keys() == masked_grads.keys() and len(varlen_grads) > 10
+    for name, grad in masked_grads.items():
+        torch.testing.assert_close(varlen_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def reference_varlen(calls: list):
@@ -143,7 +172,7 @@ def test_flash_varlen_row_gives_the_per_sample_losses(mixed_samples: list[dict],
     text_config = tiny_model.config.text_config
     assert tiny_model.language_model.config is text_config
     monkeypatch.setattr(text_config, "_attn_implementation_internal", "flash_attention_2")
-    batch = PackingCollator(pad_id=0, max_tokens=None, flash_attn_kwargs=True)(mixed_samples)
+    batch = PackingCollator()(mixed_samples)
     with torch.no_grad():
         packed = per_sample_losses(tiny_model(**model_inputs(batch)).logits, batch)
     assert calls and all(c == batch["cu_seq_lens_q"].tolist() for c in calls)

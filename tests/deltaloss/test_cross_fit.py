@@ -53,7 +53,7 @@ def test_each_fold_is_scored_by_proxies_trained_on_the_other_folds(colour_corpus
     monkeypatch.setattr(bootstrap, "bootstrap_scorers", spy_bootstrap)
     monkeypatch.setattr(stage, "score_rows", spy_rows)
     proxies = BootstrapConfig(small_preset="tiny", large_preset="tiny", share=1.0, small_steps=1, large_steps=1,
-                              batch_size=2, folds=2, pack_tokens=40)
+                              batch_size=2, folds=2)
     cfg = ScoreConfig(ray=RayConfig(num_actors=0), bootstrap=proxies)
     out = stage.run_score(cfg, data=colour_corpus, out=tmp_path / "scores", scorers=tmp_path / "scorers",
                           tokenizer=tmp_path / "tok")
@@ -66,7 +66,7 @@ def test_each_fold_is_scored_by_proxies_trained_on_the_other_folds(colour_corpus
     assert [f["large"].rsplit("/", 2)[-2] for f in used["folds"]] == ["fold-0", "fold-1"]
     for path in [f[role] for f in used["folds"] for role in ("small", "large")]:
         layout = json.loads((Path(path) / "meta.json").read_text())["batch_layout"]
-        assert layout.startswith("packed rows of <= max(40,"), f"{path}: the proxies' pack_tokens, got {layout}"
+        assert layout.startswith("one packed row per micro-batch"), f"{path}: packed as the stages, got {layout}"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["folds"] == 2 and summary["num_records"] == 6
 
@@ -85,7 +85,7 @@ def test_large_proxy_aligns_the_vision_path_before_the_llm_learns_answers(colour
         {"from": "human", "value": "Which colour comes first?"}, {"from": "gpt", "value": "red"}]}
     records = read_manifest(colour_corpus / "train.jsonl") + [text_only]
     out = train_proxy("tiny", tmp_path / "tok", records, colour_corpus, steps=2, batch_size=2, lr=0.01, seed=0,
-                      out=tmp_path / "large", pack_tokens=40, align_steps=4, vision_lr_ratio=0.1)
+                      out=tmp_path / "large", align_steps=4, vision_lr_ratio=0.1)
     assert out == tmp_path / "large"
     phases = [tmp_path / "large-align-projector", tmp_path / "large-align-vision", out]
     weights = [load_file(str(path / "model.safetensors")) for path in phases]

@@ -150,7 +150,7 @@ def test_training_loss_on_supervised_positions_equals_the_llms_full_loss(process
     frames = np.random.default_rng(2).integers(0, 255, (8, 20, 30, 3), dtype=np.uint8)
     video = processor.encode([{"from": "human", "value": "<video>\nWhich way?"}, {"from": "gpt", "value": "left"}],
                              video=frames)
-    batch = model_inputs(PackingCollator(processor.pad_id, 4096)([_sample(processor), video, _sample(processor)]))
+    batch = model_inputs(PackingCollator()([_sample(processor), video, _sample(processor)]))
     extra = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
     tiny_model.train()
 

@@ -49,8 +49,6 @@ def test_every_variant_passes_the_params_check(quick: bool) -> None:
     assert dense["num_video_frames"] // dense["video_pool_size"] == sparse["num_video_frames"] // sparse[
         "video_pool_size"] and dense["num_video_frames"] > sparse["num_video_frames"], "equal tokens, more frames"
     assert seen["nvila"]["score"]["bootstrap"]["folds"] >= 2, "scores come from proxies that did not see the record"
-    assert seen["nvila"]["score"]["bootstrap"]["pack_tokens"] == seen["nvila"]["image_sft"]["pack_tokens"], (
-        "the proxies pack rows as the stages do (the proxies' default rows of max_length are 1.27x slower)")
     for name in ("nvila", "deltaloss_0.5", "deltaloss_0.5_balanced", "random_0.5", "sparse_frames"):  # up to prune
         assert seen[name]["model"] == seen[REFERENCE]["model"] and seen[name]["score"] == seen[REFERENCE]["score"]
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from nvila_model.params import load_params
 from nvila_model.train.config import MODULES, StageConfig
 from nvila_model.train.hf_trainer import NonFiniteLossError, module_param_groups
-from nvila_model.train.precision import is_fp8_target
+from nvila_model.train.precision import is_fp8_target, resolve_attention
 from nvila_model.train.stage import build_model, make_collator, run_stage
 from tests.train.conftest import stage_params
 
@@ -53,8 +53,8 @@ def test_first_stage_trains_only_the_projector_and_chains(project, corpus_dir):
         assert same != name.startswith("projector."), name
     meta = json.loads((out / "meta.json").read_text())
     assert meta["precision"] == "fp32" and (out / "manifest.json").is_file()
-    assert meta["batch_layout"] == ("packed rows of <= max(512, the longest sample) tokens, block-diagonal mask from "
-                                    "position_ids")
+    assert meta["attention"] == "sdpa_varlen" and meta["batch_layout"] == (
+        "one packed row per micro-batch, no padding; one causal SDPA call per sample (sdpa_varlen) on cu_seq_lens_q/k")
     history = json.loads((out / "log_history.json").read_text())
     assert [row["step"] for row in history] == [2, 4] and all("loss" in row for row in history)
     assert not (project / ".nvila" / "work" / "projector_init").exists() or not any(
@@ -205,12 +205,17 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted(project, corpus_dir
         assert torch.equal(ws[name], wk[name]), name
 
 
-def test_flash_attention_packs_one_row_per_micro_batch():
-    cfg = StageConfig(train_modules=["projector"], lr={"projector": 1e-3}, datasets=["d"], pack_tokens=64)
-    flash, layout = make_collator(cfg, 0, "flash_attention_2")
-    assert flash.max_tokens is None and flash.flash_attn_kwargs and "varlen" in layout
-    sdpa, layout = make_collator(cfg, 0, "sdpa")
-    assert sdpa.max_tokens == 64 and not sdpa.flash_attn_kwargs and "<= max(64, the longest sample) tokens" in layout
+def test_packed_stages_lay_one_row_per_micro_batch_for_either_varlen_kernel():
+    from nvila_model.data.collate import PackingCollator, PaddingCollator
+
+    cfg = StageConfig(train_modules=["projector"], lr={"projector": 1e-3}, datasets=["d"])
+    flash, flash_layout = make_collator(cfg, 0, "flash_attention_2")
+    varlen, varlen_layout = make_collator(cfg, 0, resolve_attention("auto"))
+    assert isinstance(flash, PackingCollator) and isinstance(varlen, PackingCollator)
+    assert "flash-attn varlen" in flash_layout and "sdpa_varlen" in varlen_layout
+    padded, layout = make_collator(StageConfig(train_modules=["projector"], lr={"projector": 1e-3}, datasets=["d"],
+                                               packing=False), 7, "sdpa_varlen")
+    assert isinstance(padded, PaddingCollator) and padded.pad_id == 7 and layout.startswith("padded")
 
 
 def test_module_names_are_the_model_children(project, corpus_dir):
