@@ -51,7 +51,7 @@ def main() -> None:
         records = read_manifest(data / "train.jsonl")
         random.Random(0).shuffle(records)  # a mix of every subset, as a shuffled epoch gives
         dataset = LlavaDataset(records, data, processor)
-        collate = PackingCollator(processor.pad_id, 256)
+        collate = PackingCollator()
         layouts = [collate([dataset[(i * args.batch_size + j) % len(dataset)] for j in range(args.batch_size)])
                    ["media_layout"].tolist() for i in range(args.batches)]
     side, width = config.patches_per_side, config.vision_config.hidden_size

@@ -38,6 +38,7 @@ def worker(data: Path, tok_dir: Path, steps: int, batch_size: int, threads: int,
     from nvila_model.presets import build_config
     from nvila_model.processor import NVILAProcessor
     from nvila_model.tokenizer import load_tokenizer
+    from nvila_model.train.precision import resolve_attention
 
     config = build_config("tiny")
     processor = NVILAProcessor(load_tokenizer(tok_dir), config)
@@ -45,10 +46,11 @@ def worker(data: Path, tok_dir: Path, steps: int, batch_size: int, threads: int,
     random.Random(seed).shuffle(records)
     dataset = LlavaDataset(records[: (steps + 1) * batch_size], data, processor)
     samples = [dataset[i] for i in range(len(dataset))]
-    collate = PackingCollator(processor.pad_id, 256)
+    collate = PackingCollator()
     batches = [model_inputs(collate(samples[i:i + batch_size])) for i in range(0, len(samples), batch_size)]
     torch.manual_seed(seed)
     model = NVILAForConditionalGeneration(config).train()
+    model.set_attn_implementation(resolve_attention("auto"))  # as a stage does
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ready = result.with_suffix(".ready")
     ready.touch()

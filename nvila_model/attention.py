@@ -8,8 +8,7 @@ compression) that is most of a training step. flash-attn's varlen kernel instead
 SDPA call on its slice of the row, so no mask is built and no cross-sample block is computed. Without boundaries
 (generation, padded batches, the vision tower) it is transformers' `sdpa` unchanged, masks included.
 
-The collator lays a micro-batch out as for flash-attn (one packed row with `cu_seq_lens_q/k`,
-`PackingCollator(flash_attn_kwargs=True)`), so both kernels share one layout and one set of tests.
+Both kernels take the one layout `PackingCollator` gives: a micro-batch in one row, with `cu_seq_lens_q/k`.
 """
 
 from __future__ import annotations
