@@ -37,8 +37,8 @@ def train_proxy(preset: str, tokenizer_dir: str | Path, records: list[dict[str, 
     """Train preset `preset` from scratch with the project trainer and save a checkpoint dir to `out`: first
     `align_steps` of alignment on the image records, the LLM frozen (half the projector alone, half the vision
     tower with it), then `steps` on all records and modules; one LR (`lr`, the vision tower's times
-    `vision_lr_ratio`), packed as the stages are. Each alignment phase
-    is written beside `out` (`<out>-align-projector`, `<out>-align-vision`); the next starts from it."""
+    `vision_lr_ratio`), packed as the stages are. Each alignment phase is written beside `out`
+    (`<out>-align-projector`, `<out>-align-vision`); the next starts from it."""
     from nvila_model.checkpoint import load_checkpoint
     from nvila_model.data.manifest import record_kind
     from nvila_model.data.registry import absolute_media
