@@ -32,7 +32,6 @@ def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     if query.shape[0] != 1 or attention_mask is not None or not torch.equal(cu_seq_lens_q, cu_seq_lens_k):
         raise ValueError("sdpa_varlen takes one packed row with equal query/key boundaries and no mask "
                          f"(got {query.shape[0]} rows, mask {attention_mask is not None})")
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("max_length_q", "max_length_k", "position_ids")}
     bounds = cu_seq_lens_q.tolist()
     outputs = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
                                       is_causal=True, **kwargs)[0]

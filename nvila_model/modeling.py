@@ -203,7 +203,6 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         """Causal LM forward. Packed rows: `position_ids` restarting per sample and `attention_mask=None` give
         block-diagonal causal attention (transformers detects the packing from the position ids); one packed row
         with `cu_seq_lens_q/k` (flash_attention_2, sdpa_varlen) builds no mask at all."""
-        attention_mask = self.packed_mask(attention_mask, kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values, media_layout)
         if labels is not None and self.training:
@@ -211,8 +210,8 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         if use_cache is None and (labels is not None or self.training):
             use_cache = False  # a training forward needs no cache, and packed-sequence masking requires none
         return self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+            inputs_embeds=inputs_embeds, attention_mask=self.packed_mask(attention_mask, kwargs),
+            position_ids=position_ids, cache=cache, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
             **kwargs,
         )
 

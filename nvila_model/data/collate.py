@@ -46,7 +46,6 @@ class PaddingCollator:
                 "sample_starts": torch.arange(len(samples)) * longest, "ids": [s.get("id") for s in samples]}
 
 
-@dataclass
 class PackingCollator:
     """Pack a micro-batch into ONE row, samples back to back, with their boundaries for varlen attention.
 
