@@ -12,11 +12,15 @@ import numpy as np
 import torch
 
 from nvila_model.checkpoint import load_checkpoint
+from nvila_model.data.collate import FLASH_KWARGS, PackingCollator
 from nvila_model.data.loader import LOAD_ERRORS, load_media
 from nvila_model.deltaloss.formula import supervised_mean_logprob
 from nvila_model.device import resolve_device
+from nvila_model.train.precision import resolve_attention
 
 log = logging.getLogger(__name__)
+
+PACKED_KEYS = ("input_ids", "labels", "position_ids", "pixel_values", "media_layout", *FLASH_KWARGS)
 
 
 class CheckpointScorer:
@@ -33,6 +37,11 @@ class CheckpointScorer:
         self.media_root = media_root
         self.micro_batch_size = micro_batch_size
         self.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
+        # flash-attn's varlen kernel computes in half precision only: it serves bf16 scoring on a GPU that has it
+        self.attention = (resolve_attention("auto") if self.device.type == "cuda" and self.autocast_dtype
+                          else "sdpa_varlen")
+        self.model.set_attn_implementation(self.attention)
+        self.collate = PackingCollator()
 
     def encode(self, record: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         """The processor's sample dict for `record`, or None when its media or text cannot be encoded."""
@@ -47,24 +56,28 @@ class CheckpointScorer:
     def mean_logprobs(self, records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """Teacher forcing on each record's own answer tokens, `micro_batch_size` records per forward pass.
 
-        The records are batched by length (padding is wasted work) and the LM head runs on the answer positions
-        only: the same numbers as the model's full logits, for less.
+        Each micro-batch is packed as the training stages pack it (one row, no padding, attention within each
+        sample from its boundaries), and the LM head runs on the answer positions only: the same numbers as the
+        model's full logits one record at a time, for less.
         """
         means = np.full(len(records), np.nan)
         counts = np.zeros(len(records), dtype=np.int64)
         encoded = [(i, s) for i, s in enumerate(self.encode(r) for r in records) if s is not None]
-        encoded.sort(key=lambda item: item[1]["input_ids"].shape[0])
         for start in range(0, len(encoded), self.micro_batch_size):
             chunk = encoded[start : start + self.micro_batch_size]
-            batch = self.processor.pad([s for _, s in chunk])
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = self.collate([s for _, s in chunk])
+            inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items() if k in PACKED_KEYS}
             autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                         else nullcontext())
             with autocast:
-                embeds_BLD = self.model.embed(batch["input_ids"], batch["pixel_values"], batch["media_layout"])
-                logits_TV, targets_T, supervised_BL = self.model.supervised_logits(
-                    embeds_BLD, batch["attention_mask"], None, batch["labels"])
-            mean_B, num_B = supervised_mean_logprob(logits_TV, targets_T, supervised_BL)
-            for (i, _), mean, num in zip(chunk, mean_B.cpu().tolist(), num_B.cpu().tolist(), strict=True):
+                embeds_1TD = self.model.embed(inputs.pop("input_ids"), inputs.pop("pixel_values"),
+                                              inputs.pop("media_layout"))
+                logits_SV, targets_S, supervised_1T = self.model.supervised_logits(
+                    embeds_1TD, None, inputs.pop("position_ids"), inputs.pop("labels"), **inputs)
+            # which record each position of the row belongs to: each record's supervised positions, one row each
+            record_T = torch.repeat_interleave(torch.arange(len(chunk)), batch["sample_lengths"]).to(self.device)
+            supervised_NT = (record_T[None] == torch.arange(len(chunk), device=self.device)[:, None]) & supervised_1T
+            mean_N, num_N = supervised_mean_logprob(logits_SV, targets_S, supervised_NT)
+            for (i, _), mean, num in zip(chunk, mean_N.cpu().tolist(), num_N.cpu().tolist(), strict=True):
                 means[i], counts[i] = mean, num
         return means, counts

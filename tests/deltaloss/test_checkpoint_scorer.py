@@ -26,8 +26,14 @@ def _score(root, out, **kw):
 def test_batched_scorer_matches_one_sample_forward(colour_corpus, processor):
     records = read_manifest(colour_corpus / "train.jsonl")
     scorer = CheckpointScorer(colour_corpus / "large", colour_corpus, micro_batch_size=4)
-    records[1]["conversations"][1]["value"] += " and a longer answer"  # lengths differ: batched out of order
+    records[1]["conversations"][1]["value"] += " and a longer answer"  # lengths differ
+    rows = []  # the token rows the model sees: one per micro-batch, its records back to back, no padding
+    embed = scorer.model.embed
+    scorer.model.embed = lambda input_ids, *media: rows.append(tuple(input_ids.shape)) or embed(input_ids, *media)
     means, counts = scorer.mean_logprobs(records)
+    assert scorer.attention == "sdpa_varlen"
+    lengths = [scorer.encode(r)["input_ids"].shape[0] for r in records]
+    assert rows == [(1, sum(lengths[:4])), (1, sum(lengths[4:]))]
     for i, record in enumerate(records):  # the model's full logits, one sample per forward
         sample = scorer.encode(record)
         with torch.inference_mode():
