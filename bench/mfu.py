@@ -1,5 +1,6 @@
 """Model FLOPs utilisation of a training step on this CPU: the FLOPs of one optimizer step (forward + backward,
-counted by torch's FlopCounterMode on the real batch) over its measured time, against this machine's measured peak
+counted by torch's FlopCounterMode on the real batch, packed as the training stages pack it: one row per
+micro-batch, no padding, so no FLOP is spent on a pad) over its measured time, against this machine's measured peak
 (a large fp32 and a bf16 matmul on the same threads). Optionally whether bf16 autocast and torch.compile pay here:
 the whole model, and each vision-encoder and LLM decoder layer on its own (dynamic shapes: tile counts and packed
 row lengths change every step).
@@ -84,13 +85,14 @@ def measure(model, batches, optimizer, autocast: bool) -> float:
 def main() -> None:
     import torch
 
-    from nvila_model.data.collate import PaddingCollator
+    from nvila_model.data.collate import PackingCollator
     from nvila_model.data.loader import LlavaDataset
     from nvila_model.data.manifest import read_manifest
     from nvila_model.modeling import NVILAForConditionalGeneration
     from nvila_model.presets import build_config
     from nvila_model.processor import NVILAProcessor
     from nvila_model.tokenizer import load_tokenizer
+    from nvila_model.train.precision import resolve_attention
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
@@ -112,7 +114,7 @@ def main() -> None:
         processor = NVILAProcessor(load_tokenizer(tok), config)
         records = [r for r in read_manifest(data / "train.jsonl") if r["subset"] in IMAGE_SUBSETS]
         dataset = LlavaDataset(records, data, processor)
-        collate = PaddingCollator(processor.pad_id)
+        collate = PackingCollator()
         batches = [collate([dataset[(i * args.batch_size + j) % len(dataset)] for j in range(args.batch_size)])
                    for i in range(args.steps + 2)]
         modes = [("fp32", False, None)]
@@ -122,6 +124,7 @@ def main() -> None:
         for name, autocast, compiled in modes:
             torch.manual_seed(0)
             model = NVILAForConditionalGeneration(config).train()
+            model.set_attn_implementation(resolve_attention("auto"))  # the stages' kernel for a packed row
             flops = step_flops(model, batches[0])
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
             runner = torch.compile(model) if compiled == "model" else model
