@@ -156,6 +156,8 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
                 outputs.append(pooled_GTD.flatten(0, 1))
             else:
                 outputs.append(proj_NhwD.flatten(0, 2))
+        if cfg.center_visual_tokens:
+            outputs = [tokens_TD - tokens_TD.mean(0, keepdim=True) for tokens_TD in outputs]
         return outputs
 
     def idle_media_term(self, like: torch.Tensor) -> torch.Tensor:

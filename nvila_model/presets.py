@@ -27,6 +27,7 @@ def tiny() -> NVILAConfig:
         vision_config=_vision(64, 2, 4, 128, image=32, patch=4),
         text_config=_llm(128, 2, 4, 2, 256, vocab=512, max_pos=2048),
         s2_scales=[32, 64, 96], num_video_frames=8, video_pool_size=2, max_seq_length=1024,
+        center_visual_tokens=True,
     )
 
 
@@ -36,6 +37,7 @@ def small() -> NVILAConfig:
         vision_config=_vision(128, 4, 4, 384, image=48, patch=4),
         text_config=_llm(256, 4, 8, 2, 768, vocab=1024, max_pos=4096),
         s2_scales=[48, 96, 144], num_video_frames=8, video_pool_size=2, max_seq_length=2048,
+        center_visual_tokens=True,
     )
 
 

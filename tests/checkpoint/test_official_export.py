@@ -37,7 +37,7 @@ def round_trip(tmp_path_factory):
 def scratch_export(tmp_path_factory, tokenizer):
     """A checkpoint trained here (our tokenizer with `<video>`, the tiny preset) exported to the reference layout."""
     root = tmp_path_factory.mktemp("scratch")
-    config = build_config("tiny", video_frame_sampling="linspace")
+    config = build_config("tiny", video_frame_sampling="linspace", center_visual_tokens=False)
     torch.manual_seed(3)
     model = NVILAForConditionalGeneration(config)
     for name, param in model.projector.named_parameters():  # non-trivial LayerNorm so channel order matters
@@ -90,11 +90,13 @@ def test_reference_computes_our_logits_from_a_scratch_export(scratch_export, tok
 
 
 def test_export_refuses_what_the_reference_can_not_express(tmp_path, tokenizer):
-    config = build_config("tiny", s2_grid_mode="round")
-    NVILAForConditionalGeneration(config).save_pretrained(tmp_path / "ckpt")
-    NVILAProcessor(tokenizer, config).save_pretrained(tmp_path / "ckpt")
-    with pytest.raises(ValueError, match="s2_grid_mode='round'"):
-        export_official(tmp_path / "ckpt", tmp_path / "out")
+    for overrides, refusal in (({"s2_grid_mode": "round", "center_visual_tokens": False}, "s2_grid_mode='round'"),
+                               ({}, "center_visual_tokens=True")):
+        config = build_config("tiny", **overrides)
+        NVILAForConditionalGeneration(config).save_pretrained(tmp_path / "ckpt")
+        NVILAProcessor(tokenizer, config).save_pretrained(tmp_path / "ckpt")
+        with pytest.raises(ValueError, match=refusal):
+            export_official(tmp_path / "ckpt", tmp_path / "out")
     (tmp_path / "ckpt" / "meta.json").write_text(json.dumps({"kind": "quantized"}))
     with pytest.raises(ValueError, match="quantized"):
         export_official(tmp_path / "ckpt", tmp_path / "out")

@@ -51,6 +51,27 @@ def test_video_tokens_pooled_and_newline_after_each_group(processor, tiny_model)
     assert ids[first + 16] == processor.newline_id and ids[first + 17] == tiny_model.config.video_token_id
 
 
+def test_centred_visual_tokens_are_each_items_tokens_less_their_mean(processor, tiny_model):
+    """The tiny preset centres each media item's tokens (an image, a video), the paper's presets do not; the
+    tokens are otherwise the same computation."""
+    frames = np.random.default_rng(1).integers(0, 255, (8, 20, 30, 3), dtype=np.uint8)
+    items = [_sample(processor), _sample(processor, (40, 150)),
+             processor.encode([{"from": "human", "value": "<video>\nWhich way?"}, {"from": "gpt", "value": "left"}],
+                              video=frames)]
+    pixel_values = torch.cat([f["pixel_values"] for f in items])
+    layout = torch.cat([f["media_layout"].reshape(-1, 4) for f in items])
+    assert tiny_model.config.center_visual_tokens
+    assert not any(PRESETS[name]().center_visual_tokens for name in ("nvila-8b", "nvila-lite-8b"))
+    with torch.no_grad():
+        centred = tiny_model.encode_media(pixel_values, layout)
+        tiny_model.config.center_visual_tokens = False
+        raw = tiny_model.encode_media(pixel_values, layout)
+    for tokens_TD, raw_TD in zip(centred, raw, strict=True):
+        torch.testing.assert_close(tokens_TD.mean(0), torch.zeros(tokens_TD.shape[1]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(tokens_TD, raw_TD - raw_TD.mean(0))
+        assert raw_TD.mean(0).norm() > 0.1  # uncentred, the tokens share a mean
+
+
 def test_media_backward_cuts_the_tower_gradient_once_not_per_item(processor, tiny_model):
     """Each item's tiles come from one split of the tower's output: a slice per item would write a zero gradient
     the size of all tiles and add into it, once per item. The features must equal a per-item encode."""
