@@ -50,7 +50,9 @@ def colour_corpus(tmp_path_factory, tokenizer, processor):
     answers = ["red", "green", "blue", "green", "red", "blue"]
     records = []
     for i, answer in enumerate(answers):
-        Image.new("RGB", (40 + 8 * i, 32), COLOURS[answer]).save(root / f"{i}.png")
+        picture = Image.new("RGB", (40 + 8 * i, 32), (128, 128, 128))  # a square on grey: the tiny preset centres
+        picture.paste(COLOURS[answer], (8, 8, 24, 24))  # each picture's tokens, a flat one keeps almost nothing
+        picture.save(root / f"{i}.png")
         records.append({"id": "fit" if i == 0 else f"c{i}", "subset": "colour" if i % 2 == 0 else "shape",
                         "image": f"{i}.png", "conversations": [
                             {"from": "human", "value": "<image>\nWhat colour is the square?"},
