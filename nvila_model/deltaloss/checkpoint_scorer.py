@@ -12,15 +12,13 @@ import numpy as np
 import torch
 
 from nvila_model.checkpoint import load_checkpoint
-from nvila_model.data.collate import FLASH_KWARGS, PackingCollator
+from nvila_model.data.collate import PackingCollator, model_inputs
 from nvila_model.data.loader import LOAD_ERRORS, load_media
 from nvila_model.deltaloss.formula import supervised_mean_logprob
 from nvila_model.device import resolve_device
 from nvila_model.train.precision import resolve_attention
 
 log = logging.getLogger(__name__)
-
-PACKED_KEYS = ("input_ids", "labels", "position_ids", "pixel_values", "media_layout", *FLASH_KWARGS)
 
 
 class CheckpointScorer:
@@ -66,14 +64,15 @@ class CheckpointScorer:
         for start in range(0, len(encoded), self.micro_batch_size):
             chunk = encoded[start : start + self.micro_batch_size]
             batch = self.collate([s for _, s in chunk])
-            inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items() if k in PACKED_KEYS}
+            inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in model_inputs(batch).items()}
             autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                         else nullcontext())
             with autocast:
                 embeds_1TD = self.model.embed(inputs.pop("input_ids"), inputs.pop("pixel_values"),
                                               inputs.pop("media_layout"))
                 logits_SV, targets_S, supervised_1T = self.model.supervised_logits(
-                    embeds_1TD, None, inputs.pop("position_ids"), inputs.pop("labels"), **inputs)
+                    embeds_1TD, inputs.pop("attention_mask"), inputs.pop("position_ids"), inputs.pop("labels"),
+                    **inputs)
             # which record each position of the row belongs to: each record's supervised positions, one row each
             record_T = torch.repeat_interleave(torch.arange(len(chunk)), batch["sample_lengths"]).to(self.device)
             supervised_NT = (record_T[None] == torch.arange(len(chunk), device=self.device)[:, None]) & supervised_1T
