@@ -1,0 +1,134 @@
+"""Shared by the one-task A/B benches (bench/visual_centering.py, bench/video_frames.py): a corpus of some of the
+frontier's subsets alone, without label noise or duplicates, and a tiny NVILA trained on it from scratch with every
+module training, then scored by test exact match per subset.
+
+Both arms of an A/B get the same corpus, seed, batches and optimizer settings (the learning rates, warm-up, cosine
+decay and gradient clipping of a params.yaml stage), so what differs is the model setting under test.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def params() -> dict[str, Any]:
+    return yaml.safe_load(PARAMS.read_text())
+
+
+def subset_corpus(root: Path, sizes: dict[str, tuple[int, int]], seed: int) -> tuple[Path, Path]:
+    """The frontier's settings of the subsets in `sizes` ({subset: (train, test)}) and no other subset, clean:
+    (manifest dir, tokenizer dir)."""
+    from nvila_model.data.config import DEFAULT_SUBSETS, GenerateConfig
+    from nvila_model.data.generate import run_generate
+    from nvila_model.data.manifest import conversation_text, read_manifest
+    from nvila_model.tokenizer import train_tokenizer
+
+    frontier = params()["frontier"]["settings"]["generate.subsets"]
+    subsets: dict[str, dict[str, Any]] = {name: {"enabled": False} for name in DEFAULT_SUBSETS if name not in sizes}
+    for name, (train, test) in sizes.items():
+        subsets[name] = {**frontier.get(name, {}), "train": train, "test": test, "noise": 0.0, "duplicate": 0.0}
+    data = run_generate(GenerateConfig(seed=seed, subsets=subsets), root / "raw")
+    texts = [conversation_text(r["conversations"]) for r in read_manifest(data / "train.jsonl")]
+    train_tokenizer(texts, 512).save_pretrained(str(root / "tokenizer"))
+    return data, root / "tokenizer"
+
+
+def exact_match(model, dataset, collate, batch_size: int = 16) -> dict[str, float]:
+    """Per subset (the record id's prefix), the share of test records whose every answer token is the model's
+    argmax under teacher forcing."""
+    import torch
+
+    from nvila_model.data.collate import model_inputs
+
+    model.eval()
+    hits: dict[str, list[bool]] = {}
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            inputs = model_inputs(batch)
+            labels = inputs.pop("labels")
+            inputs.pop("attention_mask", None)
+            embeds = model.embed(inputs.pop("input_ids"), inputs.pop("pixel_values"), inputs.pop("media_layout"))
+            logits_TV, targets_T, supervised_1L = model.supervised_logits(embeds, None, inputs.pop("position_ids"),
+                                                                          labels, **inputs)
+            hit_T = logits_TV.argmax(-1) == targets_T
+            # which record each supervised token belongs to: the packed row's record index at its position
+            record_L = torch.repeat_interleave(torch.arange(len(batch["ids"])), batch["sample_lengths"])
+            record_T = record_L[supervised_1L[0]]
+            misses = torch.zeros(len(batch["ids"]), dtype=torch.long).index_add_(0, record_T, (~hit_T).long())
+            for record_id, miss in zip(batch["ids"], misses.tolist(), strict=True):
+                hits.setdefault(str(record_id).split("-")[0], []).append(miss == 0)
+    model.train()
+    return {name: sum(h) / len(h) for name, h in sorted(hits.items())}
+
+
+def train(overrides: dict[str, Any], data: Path, tok_dir: Path, steps: int, seed: int, stage: str = "image_sft",
+          memorise: int = 0, probe: Callable[[Any, dict], dict[str, float]] | None = None) -> dict[str, Any]:
+    """Train the tiny preset with `overrides` (NVILAConfig fields) for `steps` steps of `stage`'s recipe on
+    `data`'s train split (its first `memorise` records when set); `probe(model, batch)` adds measurements on 32
+    training records, taken before (`_start`) and after (`_end`) training."""
+    import torch
+
+    from nvila_model.data.collate import PackingCollator, model_inputs
+    from nvila_model.data.loader import LlavaDataset
+    from nvila_model.data.manifest import read_manifest
+    from nvila_model.modeling import NVILAForConditionalGeneration
+    from nvila_model.params import parse
+    from nvila_model.presets import build_config
+    from nvila_model.processor import NVILAProcessor
+    from nvila_model.tokenizer import load_tokenizer
+    from nvila_model.train.config import StageConfig
+
+    all_params = params()
+    recipe = parse(StageConfig, all_params[stage], where=stage)
+    tokenizer = load_tokenizer(tok_dir)
+    config = build_config(all_params["model"]["preset"], **overrides)
+    config.text_config.pad_token_id, config.text_config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    model = NVILAForConditionalGeneration(config).train()
+    model.set_attn_implementation("sdpa_varlen")
+    processor = NVILAProcessor(tokenizer, config)
+    records = read_manifest(data / "train.jsonl")
+    records = records[:memorise] if memorise else records
+    # each record is decoded, tiled and tokenized once (the stages' sample cache)
+    train_set = LlavaDataset(records, data, processor, max_length=recipe.max_length, cache_mb=4096)
+    test_set = LlavaDataset(read_manifest(data / "test.jsonl"), data, processor, max_length=recipe.max_length)
+    collate = PackingCollator()
+    groups: dict[str, list] = {}
+    for name, param in model.named_parameters():
+        groups.setdefault(name.split(".")[0], []).append(param)
+    optimizer = torch.optim.AdamW([{"params": ps, "lr": recipe.lr[name]} for name, ps in groups.items()],
+                                  weight_decay=recipe.weight_decay)
+    warmup = max(1, math.ceil(recipe.warmup_ratio * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # the stages' schedule: linear warm-up, cosine decay
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    order = torch.Generator().manual_seed(seed)
+    probe_batch = collate([train_set[i] for i in range(min(32, len(train_set)))])
+    label = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    row: dict[str, Any] = {f"{k}_start": v for k, v in (probe(model, probe_batch) if probe else {}).items()}
+    began, smoothed = time.perf_counter(), None
+    for step in range(steps):
+        batch = collate([train_set[i] for i in torch.randint(len(train_set), (recipe.batch_size,),
+                                                             generator=order).tolist()])
+        loss = model(**model_inputs(batch)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        smoothed = loss.item() if smoothed is None else 0.9 * smoothed + 0.1 * loss.item()
+        if (step + 1) % 50 == 0:
+            print(f"{label}: step {step + 1}/{steps} loss {smoothed:.3f}", flush=True)
+    seconds = time.perf_counter() - began
+    row |= {f"{k}_end": v for k, v in (probe(model, probe_batch) if probe else {}).items()}
+    matches = exact_match(model, test_set, collate)
+    return row | {"train_loss_end": smoothed, **{f"test_{name}": v for name, v in matches.items()},
+                  "test_mean": sum(matches.values()) / len(matches), "train_seconds": seconds}

@@ -1,0 +1,72 @@
+"""bench/single_task.py, behind bench/visual_centering.py and bench/video_frames.py: the corpus holds only the
+asked subsets with the frontier's scene settings and no defects, and exact match credits each packed record with its
+own answer tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.single_task import exact_match, params, subset_corpus, train
+from nvila_model.data.collate import PackingCollator
+from nvila_model.data.loader import LlavaDataset, load_video
+from nvila_model.data.manifest import read_manifest
+from nvila_model.modeling import NVILAForConditionalGeneration
+from nvila_model.presets import build_config
+from nvila_model.processor import NVILAProcessor
+from nvila_model.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    return subset_corpus(tmp_path_factory.mktemp("single_task"), {"text": (6, 5), "flashes": (6, 5)}, seed=0)
+
+
+def test_the_corpus_is_the_asked_subsets_clean_with_the_frontiers_scene_settings(corpus) -> None:
+    data, _ = corpus
+    train_records, test_records = read_manifest(data / "train.jsonl"), read_manifest(data / "test.jsonl")
+    assert sorted({r["subset"] for r in train_records}) == ["flashes", "text"]
+    assert len(train_records) == 12 and len(test_records) == 10
+    assert not any(r.get("defect") for r in train_records)
+    frontier = params()["frontier"]["settings"]["generate.subsets"]["flashes"]
+    video = next(r for r in test_records if r["subset"] == "flashes")["video"]
+    assert load_video(data / video, lambda total: list(range(total))).shape[0] == frontier["frames"]
+
+
+def test_exact_match_credits_each_packed_record_with_its_own_answer(corpus, monkeypatch) -> None:
+    data, tok_dir = corpus
+    tokenizer = load_tokenizer(tok_dir)
+    config = build_config("tiny", num_video_frames=8)
+    model = NVILAForConditionalGeneration(config)
+    model.set_attn_implementation("sdpa_varlen")
+    dataset = LlavaDataset(read_manifest(data / "test.jsonl"), data, NVILAProcessor(tokenizer, config))
+    batch_size, wrong_slot = 3, 0  # batches of 3, 3, 3, 1 over 5 text then 5 flashes records
+    real = model.supervised_logits
+
+    def answer_all_but_one(embeds, attention_mask, position_ids, labels, **kwargs):
+        """Every answer token right, except those of the record at `wrong_slot` in each packed batch."""
+        logits_TV, targets_T, supervised_1L = real(embeds, attention_mask, position_ids, labels, **kwargs)
+        record_L = torch.cumsum(position_ids[0] == 0, 0) - 1  # positions restart at each packed record
+        right_TV = torch.nn.functional.one_hot(targets_T, logits_TV.shape[-1]).float()
+        right_TV[record_L[supervised_1L[0]] == wrong_slot] *= -1
+        return right_TV, targets_T, supervised_1L
+
+    monkeypatch.setattr(model, "supervised_logits", answer_all_but_one)
+    got = exact_match(model, dataset, PackingCollator(), batch_size=batch_size)
+    ids = [r["id"] for r in dataset.records]
+    expected = {}
+    for i, record_id in enumerate(ids):
+        expected.setdefault(record_id.split("-")[0], []).append(i % batch_size != wrong_slot)
+    assert got == {name: sum(h) / len(h) for name, h in expected.items()}
+    assert got["text"] < 1.0 and got["flashes"] < 1.0
+
+
+def test_train_measures_the_probe_before_and_after_and_scores_each_subset(corpus) -> None:
+    data, tok_dir = corpus
+    row = train({"num_video_frames": 8, "video_pool_size": 2}, data, tok_dir, steps=2, seed=0, stage="video_sft",
+                probe=lambda model, batch: {"frames": float(model.config.num_video_frames)})
+    assert row["frames_start"] == row["frames_end"] == 8.0
+    assert set(row) >= {"test_text", "test_flashes", "test_mean", "train_loss_end", "train_seconds"}
+    assert row["test_mean"] == (row["test_text"] + row["test_flashes"]) / 2
