@@ -42,12 +42,13 @@ def subset_corpus(root: Path, sizes: dict[str, tuple[int, int]], seed: int) -> t
 
 
 def exact_match(model, dataset, collate, batch_size: int = 16) -> dict[str, float]:
-    """Per subset (the record id's prefix), the share of test records whose every answer token is the model's
+    """Per subset, the share of test records whose every answer token is the model's
     argmax under teacher forcing."""
     import torch
 
-    from nvila_model.data.collate import model_inputs
+    from nvila_model.data.collate import model_inputs, sample_index
 
+    subset_of = {r["id"]: r["subset"] for r in dataset.records}
     model.eval()
     hits: dict[str, list[bool]] = {}
     with torch.inference_mode():
@@ -60,12 +61,10 @@ def exact_match(model, dataset, collate, batch_size: int = 16) -> dict[str, floa
             logits_TV, targets_T, supervised_1L = model.supervised_logits(embeds, None, inputs.pop("position_ids"),
                                                                           labels, **inputs)
             hit_T = logits_TV.argmax(-1) == targets_T
-            # which record each supervised token belongs to: the packed row's record index at its position
-            record_L = torch.repeat_interleave(torch.arange(len(batch["ids"])), batch["sample_lengths"])
-            record_T = record_L[supervised_1L[0]]
+            record_T = sample_index(batch)[supervised_1L[0]]  # the record of each supervised token
             misses = torch.zeros(len(batch["ids"]), dtype=torch.long).index_add_(0, record_T, (~hit_T).long())
             for record_id, miss in zip(batch["ids"], misses.tolist(), strict=True):
-                hits.setdefault(str(record_id).split("-")[0], []).append(miss == 0)
+                hits.setdefault(subset_of[record_id], []).append(miss == 0)
     model.train()
     return {name: sum(h) / len(h) for name, h in sorted(hits.items())}
 

@@ -83,6 +83,12 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: batch[k] for k in keys if k in batch}
 
 
+def sample_index(batch: dict[str, Any]) -> torch.Tensor:
+    """Which sample [L] each position of a packed row belongs to (samples in batch order)."""
+    lengths = batch["sample_lengths"]
+    return torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+
+
 def per_sample_losses(logits_RLV: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
     """Mean next-token cross-entropy of each sample [N] of a packed or padded batch (samples in batch order).
 

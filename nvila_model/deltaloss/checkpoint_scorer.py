@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from nvila_model.checkpoint import load_checkpoint
-from nvila_model.data.collate import PackingCollator, model_inputs
+from nvila_model.data.collate import PackingCollator, model_inputs, sample_index
 from nvila_model.data.loader import LOAD_ERRORS, load_media
 from nvila_model.deltaloss.formula import supervised_mean_logprob
 from nvila_model.device import resolve_device
@@ -74,7 +74,7 @@ class CheckpointScorer:
                     embeds_1TD, inputs.pop("attention_mask"), inputs.pop("position_ids"), inputs.pop("labels"),
                     **inputs)
             # which record each position of the row belongs to: each record's supervised positions, one row each
-            record_T = torch.repeat_interleave(torch.arange(len(chunk)), batch["sample_lengths"]).to(self.device)
+            record_T = sample_index(batch).to(self.device)
             supervised_NT = (record_T[None] == torch.arange(len(chunk), device=self.device)[:, None]) & supervised_1T
             mean_N, num_N = supervised_mean_logprob(logits_SV, targets_S, supervised_NT)
             for (i, _), mean, num in zip(chunk, mean_N.cpu().tolist(), num_N.cpu().tolist(), strict=True):
