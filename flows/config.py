@@ -129,6 +129,13 @@ def check_params(path: str | Path, overrides: dict[str, Any] | None = None) -> d
     except ValueError as exc:
         problems += str(exc).splitlines()
     else:
+        if "model" in configs:  # the overrides are NVILAConfig fields: a misspelt one would fail the tokenizer stage
+            from nvila_model.presets import build_config
+
+            try:
+                build_config(configs["model"].preset, **configs["model"].overrides)
+            except ValueError as exc:
+                problems.append(f"{path}: model.overrides: {exc}")
         if configs.get("peers") and "peer" in configs:  # a peer's steps may come from the stages' (across keys)
             from nvila_model.peer.config import matched_steps
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from huggingface_hub.errors import StrictDataclassError
+
 from nvila_model.config import NVILAConfig
 
 
@@ -76,6 +78,10 @@ def nvila_lite_8b() -> NVILAConfig:
     return config
 
 
+# Sub-config fields computed from others when the config is built: cleared before a `vision.` / `text.` override
+# rebuilds it, so they follow the override (a `text.num_hidden_layers` override gets that many layer types).
+DERIVED_FIELDS = ("layer_types",)
+
 PRESETS: dict[str, Callable[[], NVILAConfig]] = {
     "tiny": tiny, "small": small, "gpu-check": gpu_check, "nvila-8b": nvila_8b, "nvila-lite-8b": nvila_lite_8b,
 }
@@ -86,15 +92,29 @@ def build_config(name: str, **overrides: Any) -> NVILAConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     config = PRESETS[name]()
+    sub_overrides: dict[str, dict[str, Any]] = {"vision_config": {}, "text_config": {}}
     for key, value in overrides.items():
         if key.startswith(("vision.", "text.")):
             sub, field = key.split(".", 1)
-            target = config.vision_config if sub == "vision" else config.text_config
+            attr = f"{sub}_config"
+            target = getattr(config, attr)
+            sub_overrides[attr][field] = value
         else:
             target, field = config, key
         if not hasattr(target, field):
             raise ValueError(f"unknown model override {key!r} for preset {name!r}")
-        setattr(target, field, value)
+        if target is config:
+            setattr(config, field, value)
+    for attr, fields in sub_overrides.items():
+        if fields:  # rebuilt, not set: a sub-config derives fields at construction (Qwen2's per-layer layer_types)
+            old = getattr(config, attr)
+            kept = {k: v for k, v in old.to_dict().items() if k not in DERIVED_FIELDS}
+            try:
+                setattr(config, attr, type(old).from_dict(kept | fields))
+            except (TypeError, ValueError, StrictDataclassError) as exc:  # the sub-config's own field checks
+                prefix = attr.removesuffix("_config")
+                raise ValueError(f"model overrides {sorted(f'{prefix}.{k}' for k in fields)} for preset {name!r}: "
+                                 f"{' '.join(str(exc).split())}") from None
     if "s2_scales" in overrides and "s2_min_tiles" not in overrides:
         config.s2_min_tiles = (config.s2_scales[-1] // config.tile_size) ** 2
     config.validate()

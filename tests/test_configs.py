@@ -96,3 +96,12 @@ def test_missing_and_malformed_files_name_themselves(tmp_path):
         (tmp_path / "p.yaml").write_text("seed: 0\n")
         load_config("eval", tmp_path / "p.yaml")
     assert set(library_keys()) >= {"seed", "model", "image_sft", "eval"}
+
+
+def test_model_overrides_are_checked_before_a_run():
+    # they are NVILAConfig fields: without this check a misspelt one failed the tokenizer stage, after the data stages
+    with pytest.raises(ValueError, match=r"params\.yaml: model\.overrides: unknown model override 'projectr'"):
+        check_params(REPO / "params.yaml", {"model.overrides": {"projectr": "none"}})
+    with pytest.raises(ValueError, match=r"model\.overrides: .*\['text\.num_hidden_layers'\].*expected int"):
+        check_params(REPO / "params.yaml", {"model.overrides": {"text.num_hidden_layers": "four"}})
+    assert check_params(REPO / "params.yaml", {"model.overrides": {"text.num_hidden_layers": 4}})

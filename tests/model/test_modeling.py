@@ -240,6 +240,15 @@ def test_gpu_check_preset_is_hundreds_of_millions_with_fp8_and_awq_sizes():
     assert config.tokens_per_tile == 49
 
 
+def test_sub_config_overrides_rebuild_derived_fields():
+    # setting num_hidden_layers on a built Qwen2Config left 2 layer types for 4 layers: the model did not build
+    config = build_config("tiny", **{"text.num_hidden_layers": 4, "vision.num_hidden_layers": 3})
+    assert config.text_config.layer_types == ["full_attention"] * 4
+    model = NVILAForConditionalGeneration(config)
+    assert len(model.language_model.model.layers) == 4 and len(model.vision_tower.encoder.layers) == 3
+    assert config.text_config.pad_token_id == build_config("tiny").text_config.pad_token_id, "other fields kept"
+
+
 def test_config_validation_errors():
     with pytest.raises(ValueError, match="not divisible by video_pool_size"):
         build_config("tiny", num_video_frames=6, video_pool_size=4)
