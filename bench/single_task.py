@@ -8,9 +8,10 @@ decay and gradient clipping of a params.yaml stage), so what differs is the mode
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,30 @@ PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 def params() -> dict[str, Any]:
     return yaml.safe_load(PARAMS.read_text())
+
+
+def arg_parser(doc: str, arms: Iterable[str], tasks: Iterable[str], train: int, test: int,
+               default_arms: str | None = None) -> argparse.ArgumentParser:
+    """A one-task bench's command line: records per task, steps, seed, and the arms and tasks to run
+    (comma-separated; `choices` checks them)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(tasks), help=f"comma-separated, of {list(tasks)}")
+    parser.add_argument("--arms", default=default_arms or ",".join(arms), help=f"comma-separated, of {list(arms)}")
+    parser.add_argument("--train", type=int, default=train, help="training records per task")
+    parser.add_argument("--test", type=int, default=test, help="test records per task")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def choices(parser: argparse.ArgumentParser, args: argparse.Namespace, arms: Iterable[str],
+            tasks: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The arms and tasks `args` names, in order; an unknown one exits with the choices."""
+    picked_arms, picked_tasks = args.arms.split(","), args.tasks.split(",")
+    unknown = sorted(set(picked_arms) - set(arms)) + sorted(set(picked_tasks) - set(tasks))
+    if unknown:
+        parser.error(f"unknown arms or tasks {unknown}: arms {list(arms)}, tasks {list(tasks)}")
+    return picked_arms, picked_tasks
 
 
 def subset_corpus(root: Path, sizes: dict[str, tuple[int, int]], seed: int) -> tuple[Path, Path]:

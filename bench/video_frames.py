@@ -16,7 +16,6 @@ Prints a table and writes bench/results/video_frames.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, write_results  # noqa: E402
-from bench.single_task import subset_corpus, train  # noqa: E402
+from bench.single_task import arg_parser, choices, subset_corpus, train  # noqa: E402
 
 ARMS = {  # name: (frames, frames averaged per group)
     "dense": (32, 4),
@@ -36,18 +35,9 @@ CHANCE = {"flashes": 1 / 3, "order": 1 / 2, "motion": 1 / 4}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=500, help="training records per task")
-    parser.add_argument("--test", type=int, default=100, help="test records per task")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--arms", default="dense,sparse", help=f"comma-separated, of {list(ARMS)}")
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {list(TASKS)}")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = arg_parser(__doc__, ARMS, TASKS, train=500, test=100, default_arms="dense,sparse")
     args = parser.parse_args()
-    arms, tasks = args.arms.split(","), args.tasks.split(",")
-    unknown = sorted(set(arms) - set(ARMS)) + sorted(set(tasks) - set(TASKS))
-    if unknown:
-        parser.error(f"unknown arms or tasks {unknown}: arms {list(ARMS)}, tasks {list(TASKS)}")
+    arms, tasks = choices(parser, args, ARMS, TASKS)
     with tempfile.TemporaryDirectory() as tmp:
         data, tok_dir = subset_corpus(Path(tmp), {task: (args.train, args.test) for task in tasks}, args.seed)
         rows = []

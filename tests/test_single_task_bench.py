@@ -1,4 +1,4 @@
-"""bench/single_task.py, behind bench/visual_centering.py and bench/video_frames.py: the corpus holds only the
+"""bench/single_task.py, behind bench/visual_centering.py, bench/video_frames.py and bench/relations.py: the corpus holds only the
 asked subsets with the frontier's scene settings and no defects, and exact match credits each packed record with its
 own answer tokens."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.single_task import exact_match, params, subset_corpus, train
+from bench.single_task import arg_parser, choices, exact_match, params, subset_corpus, train
 from nvila_model.data.collate import PackingCollator
 from nvila_model.data.loader import LlavaDataset, load_video
 from nvila_model.data.manifest import read_manifest
@@ -70,3 +70,13 @@ def test_train_measures_the_probe_before_and_after_and_scores_each_subset(corpus
     assert row["frames_start"] == row["frames_end"] == 8.0
     assert set(row) >= {"test_text", "test_flashes", "test_mean", "train_loss_end", "train_seconds"}
     assert row["test_mean"] == (row["test_text"] + row["test_flashes"]) / 2
+
+
+def test_the_command_line_runs_the_named_arms_and_tasks_in_order_and_refuses_others(capsys) -> None:
+    arms, tasks = {"a": 1, "b": 2}, ("x", "y")
+    parser = arg_parser("A bench.", arms, tasks, train=5, test=2, default_arms="a")
+    assert choices(parser, parser.parse_args([]), arms, tasks) == (["a"], ["x", "y"])
+    assert choices(parser, parser.parse_args(["--arms", "b,a", "--tasks", "y"]), arms, tasks) == (["b", "a"], ["y"])
+    with pytest.raises(SystemExit):
+        choices(parser, parser.parse_args(["--arms", "a,c"]), arms, tasks)
+    assert "unknown arms or tasks ['c']: arms ['a', 'b']" in capsys.readouterr().err
