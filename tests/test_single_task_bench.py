@@ -1,6 +1,6 @@
-"""bench/single_task.py, behind bench/visual_centering.py, bench/video_frames.py and bench/relations.py: the corpus holds only the
-asked subsets with the frontier's scene settings and no defects, and exact match credits each packed record with its
-own answer tokens."""
+"""bench/single_task.py, behind bench/visual_centering.py, bench/video_frames.py and bench/relations.py: the
+corpus holds only the asked subsets with the frontier's scene settings and no defects, exact match credits each
+packed record with its own answer tokens, and the command line runs the arms and tasks it names."""
 
 from __future__ import annotations
 
