@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, write_results  # noqa: E402
-from bench.single_task import arg_parser, choices, subset_corpus, train  # noqa: E402
+from bench.single_task import arg_parser, choices, result_name, subset_corpus, train  # noqa: E402
 
 ARMS = {  # name: model overrides on top of the preset
     "llm2": {},                              # the tiny preset: 2 LLM layers
@@ -52,9 +52,8 @@ def main() -> None:
                 rows.append({"task": task, "arm": arm, "train_loss_end": result["train_loss_end"],
                              "test_exact_match": result[f"test_{task}"], "train_seconds": result["train_seconds"]})
     print_table(rows, ["task", "arm", "train_loss_end", "test_exact_match", "train_seconds"])
-    name = "relations" + "".join(f"_{key}{str(value).replace(',', '-')}" for key, value in vars(args).items()
-                                 if value != parser.get_default(key))  # the settings that differ from the defaults
-    write_results(name, {"settings": vars(args), "chance_exact_match": 0.5, "rows": rows})
+    write_results(result_name("relations", parser, args),
+                  {"settings": vars(args), "chance_exact_match": 0.5, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -48,6 +48,13 @@ def choices(parser: argparse.ArgumentParser, args: argparse.Namespace, arms: Ite
     return picked_arms, picked_tasks
 
 
+def result_name(prefix: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The results file's name: `prefix` and each setting that differs from its default (`--arms llm4 --steps 900`:
+    `<prefix>_armsllm4_steps900`), so a run with other settings does not overwrite the default run's figures."""
+    return prefix + "".join(f"_{key}{str(value).replace(',', '-')}" for key, value in vars(args).items()
+                            if value != parser.get_default(key))
+
+
 def subset_corpus(root: Path, sizes: dict[str, tuple[int, int]], seed: int) -> tuple[Path, Path]:
     """The frontier's settings of the subsets in `sizes` ({subset: (train, test)}) and no other subset, clean:
     (manifest dir, tokenizer dir)."""

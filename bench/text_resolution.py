@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, write_results  # noqa: E402
-from bench.single_task import arg_parser, choices, subset_corpus, train  # noqa: E402
+from bench.single_task import arg_parser, choices, result_name, subset_corpus, train  # noqa: E402
 
 ARMS = {  # name: model overrides, as the frontier's variants
     "s2": {"projector": "none", "dynamic_s2": True},
@@ -39,9 +39,8 @@ def main() -> None:
         data, tok_dir = subset_corpus(Path(tmp), {"text": (args.train, args.test)}, args.seed)
         rows = [{"arm": arm} | train(ARMS[arm], data, tok_dir, args.steps, args.seed) for arm in arms]
     print_table(rows, ["arm", "train_loss_end", "test_text", "train_seconds"])
-    name = "text_resolution" + "".join(f"_{key}{str(value).replace(',', '-')}" for key, value in vars(args).items()
-                                       if value != parser.get_default(key))
-    write_results(name, {"settings": vars(args), "chance_exact_match": 1 / 8, "rows": rows})
+    write_results(result_name("text_resolution", parser, args),
+                  {"settings": vars(args), "chance_exact_match": 1 / 8, "rows": rows})
 
 
 if __name__ == "__main__":

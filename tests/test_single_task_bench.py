@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.single_task import arg_parser, choices, exact_match, params, subset_corpus, train
+from bench.single_task import arg_parser, choices, exact_match, result_name, params, subset_corpus, train
 from nvila_model.data.collate import PackingCollator
 from nvila_model.data.loader import LlavaDataset, load_video
 from nvila_model.data.manifest import read_manifest
@@ -80,3 +80,5 @@ def test_the_command_line_runs_the_named_arms_and_tasks_in_order_and_refuses_oth
     with pytest.raises(SystemExit):
         choices(parser, parser.parse_args(["--arms", "a,c"]), arms, tasks)
     assert "unknown arms or tasks ['c']: arms ['a', 'b']" in capsys.readouterr().err
+    assert result_name("bench", parser, parser.parse_args([])) == "bench"
+    assert result_name("bench", parser, parser.parse_args(["--arms", "b,a", "--steps", "9"])) == "bench_armsb-a_steps9"
