@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.single_task import arg_parser, choices, exact_match, result_name, params, subset_corpus, train
+from bench.single_task import arg_parser, choices, exact_match, params, result_name, subset_corpus, train
 from nvila_model.data.collate import PackingCollator
 from nvila_model.data.loader import LlavaDataset, load_video
 from nvila_model.data.manifest import read_manifest
