@@ -55,9 +55,10 @@ def result_name(prefix: str, parser: argparse.ArgumentParser, args: argparse.Nam
                             if value != parser.get_default(key))
 
 
-def subset_corpus(root: Path, sizes: dict[str, tuple[int, int]], seed: int) -> tuple[Path, Path]:
-    """The frontier's settings of the subsets in `sizes` ({subset: (train, test)}) and no other subset, clean:
-    (manifest dir, tokenizer dir)."""
+def subset_corpus(root: Path, sizes: dict[str, tuple[int, int]], seed: int,
+                  knobs: dict[str, dict[str, Any]] | None = None) -> tuple[Path, Path]:
+    """The frontier's settings of the subsets in `sizes` ({subset: (train, test)}) and no other subset, clean, with
+    `knobs` ({subset: {knob: value}}) on top: (manifest dir, tokenizer dir)."""
     from nvila_model.data.config import DEFAULT_SUBSETS, GenerateConfig
     from nvila_model.data.generate import run_generate
     from nvila_model.data.manifest import conversation_text, read_manifest
@@ -66,7 +67,8 @@ def subset_corpus(root: Path, sizes: dict[str, tuple[int, int]], seed: int) -> t
     frontier = params()["frontier"]["settings"]["generate.subsets"]
     subsets: dict[str, dict[str, Any]] = {name: {"enabled": False} for name in DEFAULT_SUBSETS if name not in sizes}
     for name, (train, test) in sizes.items():
-        subsets[name] = {**frontier.get(name, {}), "train": train, "test": test, "noise": 0.0, "duplicate": 0.0}
+        subsets[name] = {**frontier.get(name, {}), **(knobs or {}).get(name, {}), "train": train, "test": test,
+                         "noise": 0.0, "duplicate": 0.0}
     data = run_generate(GenerateConfig(seed=seed, subsets=subsets), root / "raw")
     texts = [conversation_text(r["conversations"]) for r in read_manifest(data / "train.jsonl")]
     train_tokenizer(texts, 512).save_pretrained(str(root / "tokenizer"))

@@ -117,6 +117,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--checkpoint names variant(s) {unknown} not in --variants {args.variants}")
 
+    from nvila_model.data.config import GenerateConfig, subset_configs
     from nvila_model.data.generate import SUBSETS
     from nvila_model.presets import build_config
     from nvila_model.tokenizer import load_tokenizer, train_tokenizer
@@ -130,8 +131,9 @@ def main() -> None:
         train_tokenizer(texts, vocab).save_pretrained(tmp)
         tokenizer = load_tokenizer(tmp)
     rows = []
+    configs = subset_configs(GenerateConfig(**params["generate"]))
     for subset, splits in data.items():
-        for qtype, answers in SUBSETS[subset].questions.items():
+        for qtype, answers in SUBSETS[subset].answer_sets(configs[subset]).items():
             fit = [r for r in splits["val"] if r["qtypes"][0] == qtype]
             score = [r for r in splits["test"] if r["qtypes"][0] == qtype]
             rows.append({"subset": subset, "question": qtype, "chance": 1 / len(answers), "fit": len(fit),

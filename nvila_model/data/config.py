@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from ..params import config, parse
+from .scenes import WORDS
 
 SAMPLE_CACHE_MB = 1024  # default memory for processed training samples (the training configs' `sample_cache_mb`)
 
@@ -19,10 +20,11 @@ SAMPLE_CACHE_MB = 1024  # default memory for processed training samples (the tra
 class SubsetConfig:
     """Per-subset knobs. Defects (`noise`: wrong answers, `duplicate`: near-duplicates) go into train only.
 
-    Scene knobs (defaults reproduce the standard corpus): `glyph_px` is the range of text heights in pixels (text
-    subset); videos have `frames` frames cut into time slots of `slot_frames`, and an event (a flash, an appearance)
-    starts in its slot at a random offset and lasts `event_frames` frames (None: the whole slot). An event shorter
-    than the stride of a sparse frame sampling is missed by most sparse samplings and caught by dense ones.
+    Scene knobs (defaults reproduce the standard corpus): `glyph_px` is the range of text heights in pixels and
+    `words` the vocabulary written and asked for (text subset; lowercase letters, at least two); videos have
+    `frames` frames cut into time slots of `slot_frames`, and an event (a flash, an appearance) starts in its slot at
+    a random offset and lasts `event_frames` frames (None: the whole slot). An event shorter than the stride of a
+    sparse frame sampling is missed by most sparse samplings and caught by dense ones.
     """
 
     enabled: bool = True
@@ -37,6 +39,7 @@ class SubsetConfig:
     multi_turn: float = 0.0
     frames: int = 16
     glyph_px: list[int] = field(default_factory=lambda: [8, 11])  # [min, max] text height, inclusive
+    words: list[str] = field(default_factory=lambda: list(WORDS))  # the text subset's answer set
     slot_frames: int = 2
     event_frames: int | None = None
 
@@ -84,6 +87,10 @@ def subset_configs(cfg: GenerateConfig) -> dict[str, SubsetConfig]:
             raise ValueError(f"subsets.{name}: need 16 <= min_side <= max_side and some aspect_ratios")
         if len(sc.glyph_px) != 2 or not 4 <= sc.glyph_px[0] <= sc.glyph_px[1]:
             raise ValueError(f"subsets.{name}: glyph_px must be [min, max] pixels with 4 <= min <= max")
+        if len(sc.words) < 2 or len(set(sc.words)) != len(sc.words) or not all(
+                w.isascii() and w.isalpha() and w.islower() and w not in ("a", "an", "the") for w in sc.words):
+            raise ValueError(f"subsets.{name}: words must be at least two distinct lowercase words of letters a-z, "
+                             f"not an article (evaluation drops articles), got {sc.words}")
         if sc.slot_frames < 1 or sc.frames % sc.slot_frames:
             raise ValueError(f"subsets.{name}: frames ({sc.frames}) must be a multiple of slot_frames "
                              f"({sc.slot_frames} >= 1)")

@@ -62,10 +62,10 @@ def _base_record(subset: Subset, sc: SubsetConfig, split: str, idx: int, rng: np
             "conversations": _conversation(subset, scene, qtypes, rng), "qtypes": qtypes, "scene": scene}
 
 
-def _add_noise(record: dict, subset: Subset, rng: np.random.Generator) -> None:
-    """Replace the last answer with a different member of its answer set."""
+def _add_noise(record: dict, answers: dict[str, tuple[str, ...]], rng: np.random.Generator) -> None:
+    """Replace the last answer with a different member of its answer set (`answers`: question type -> set)."""
     qtype, turn = record["qtypes"][-1], record["conversations"][-1]
-    wrong = [a for a in subset.questions[qtype] if a != turn["value"]]
+    wrong = [a for a in answers[qtype] if a != turn["value"]]
     turn["value"] = wrong[int(rng.integers(len(wrong)))]
     record["defect"] = "noise"
 
@@ -84,7 +84,7 @@ def build_split(subset: Subset, sc: SubsetConfig, split: str, size: int, rng: np
         dup.update(defect="duplicate", duplicate_of=src["id"])
         dups.append(dup)
     for i in rng.choice(len(base), size=num_noise, replace=False):
-        _add_noise(base[int(i)], subset, rng)
+        _add_noise(base[int(i)], subset.answer_sets(sc), rng)
     records = base + dups
     return [records[int(i)] for i in rng.permutation(len(records))]
 
@@ -116,9 +116,10 @@ def subsets_table(configs: dict[str, SubsetConfig], scale: float) -> list[dict]:
         if not sc.enabled:
             continue
         s = SUBSETS[name]
-        answers = sorted({a for ans in s.questions.values() for a in ans})
-        table.append({"name": name, "media": s.media, "questions": {q: list(a) for q, a in s.questions.items()},
-                      "answers": answers, "chance": round(s.chance(), 4),
+        questions = s.answer_sets(sc)
+        answers = sorted({a for ans in questions.values() for a in ans})
+        table.append({"name": name, "media": s.media, "questions": {q: list(a) for q, a in questions.items()},
+                      "answers": answers, "chance": round(s.chance(sc), 4),
                       "sizes": {sp: _split_size(sc, sp, scale) for sp in SPLITS},
                       "noise": sc.noise, "duplicate": sc.duplicate, "config": dataclasses.asdict(sc)})
     return table

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .render import BACKGROUNDS, COLOURS, SHAPES, canvas, draw_shapes, draw_text, shift, text_size
 
+if TYPE_CHECKING:
+    from .config import SubsetConfig
+
 Scene = dict[str, Any]
 COLOUR_NAMES = tuple(COLOURS)
-WORDS = ("cat", "dog", "sun", "box", "car", "map", "pen", "cup")
+WORDS = ("cat", "dog", "sun", "box", "car", "map", "pen", "cup")  # the text subset's default vocabulary
 
 
 class Subset(ABC):
@@ -44,9 +47,13 @@ class Subset(ABC):
         template = self.templates[qtype][int(rng.integers(len(self.templates[qtype])))]
         return template.format(**scene.get("slots", {}))
 
-    def chance(self) -> float:
+    def answer_sets(self, sc: SubsetConfig) -> dict[str, tuple[str, ...]]:
+        """Question type -> closed answer set under the subset's settings (`questions` unless a knob changes it)."""
+        return self.questions
+
+    def chance(self, sc: SubsetConfig) -> float:
         """Exact-match accuracy of a uniform guess over each question type's answer set, averaged over types."""
-        return float(np.mean([1.0 / len(a) for a in self.questions.values()]))
+        return float(np.mean([1.0 / len(a) for a in self.answer_sets(sc).values()]))
 
 
 def _bg(rng: np.random.Generator) -> list[int]:
@@ -148,10 +155,14 @@ class TextReading(Subset):
     name = "text"
     questions = {"word": WORDS}
     templates = {"word": ("What word is written in the image?", "Read the word in the picture.")}
-    knobs = ("glyph_px",)
+    knobs = ("glyph_px", "words")
 
-    def sample(self, rng: np.random.Generator, width: int, height: int, glyph_px: tuple[int, int] = (8, 11)) -> Scene:
-        word = _pick(rng, WORDS)[0]
+    def answer_sets(self, sc: SubsetConfig) -> dict[str, tuple[str, ...]]:
+        return {"word": tuple(sc.words)}
+
+    def sample(self, rng: np.random.Generator, width: int, height: int, glyph_px: tuple[int, int] = (8, 11),
+               words: tuple[str, ...] = WORDS) -> Scene:
+        word = _pick(rng, words)[0]
         size = int(rng.integers(glyph_px[0], glyph_px[1] + 1))
         tw, th = text_size(word, size)
         if tw + 2 > width or th + 2 > height:

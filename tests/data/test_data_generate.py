@@ -123,3 +123,19 @@ def test_bad_knobs_are_value_errors(scale: float, tmp_path: Path) -> None:
     (tmp_path / "synth" / "precious.txt").write_text("x")
     with pytest.raises(ValueError, match="refusing to overwrite"):
         run_generate(GenerateConfig(scale=scale), tmp_path / "synth")
+
+
+def test_the_text_vocabulary_is_a_knob_its_answers_noise_and_chance_follow() -> None:
+    from nvila_model.data.generate import subsets_table
+
+    words = ["nue", "une", "enu"]
+    sc = subset_configs(GenerateConfig(subsets={"text": {"words": words, "noise": 0.5}}))["text"]
+    records = build_split(SUBSETS["text"], sc, "train", 60, np.random.default_rng(0))
+    assert {r["scene"]["word"] for r in records} == set(words)
+    assert {r["conversations"][-1]["value"] for r in records} == set(words)  # label noise draws from them too
+    assert sum(r.get("defect") == "noise" for r in records) == 30
+    row = next(r for r in subsets_table({"text": sc}, 1.0) if r["name"] == "text")
+    assert row["answers"] == sorted(words) and row["chance"] == round(1 / 3, 4)
+    for bad in (["cat"], ["cat", "cat"], ["Cat", "dog"], ["the", "dog"], ["ca t", "dog"]):
+        with pytest.raises(ValueError, match="words must be"):
+            GenerateConfig(subsets={"text": {"words": bad}})

@@ -1,8 +1,9 @@
 """The corpus the frontier asks for (params.yaml `frontier.settings`) has, by construction, the properties its
 effects need; the standard corpus is unchanged by the knobs that make them.
 
-- text is illegible after a fixed resize of the whole image to one tile (letters narrower than 2 pixels) and legible
-  in Dynamic-S2's largest-scale tiles (letters at least 5 pixels wide, text at least 12 pixels high);
+- text letters are narrower than 2 pixels after a fixed resize of the whole image to one tile, and at least 5 pixels
+  wide (text at least 12 pixels high) in Dynamic-S2's largest-scale tiles. That is geometry, not legibility: a
+  small CNN still reads the word from the fixed resize's pixels (bench/text_legibility.py, README);
 - a flash lasts fewer frames than the stride of the sparse sampling, so the sparse frames miss most flashes while
   the dense frames see every one, each in its own temporal-averaging group.
 """
@@ -26,7 +27,7 @@ from nvila_model.presets import build_config
 from nvila_model.video import frame_indices
 
 REPO = Path(__file__).resolve().parents[2]
-ILLEGIBLE_PX = 2.0  # the smallest legible pixel fonts draw a letter 3 pixels wide
+NARROW_PX = 2.0  # the smallest legible pixel fonts draw a letter 3 pixels wide
 LEGIBLE_PX, LEGIBLE_HEIGHT_PX = 5.0, 12.0
 
 
@@ -44,13 +45,13 @@ def frontier_scenes(subset: str, count: int = 400) -> list[dict]:
     return [r["scene"] for r in build_split(SUBSETS[subset], sc, "test", count, np.random.default_rng(7))]
 
 
-def test_frontier_text_is_illegible_at_a_fixed_resize_and_legible_in_dynamic_s2_tiles() -> None:
+def test_frontier_text_letters_are_narrow_at_a_fixed_resize_and_wide_in_dynamic_s2_tiles() -> None:
     data = frontier_params()
     config = build_config(data["model"]["preset"], **data["model"]["overrides"])
     tile = config.tile_size
     for scene in frontier_scenes("text"):
         fixed_w, fixed_h = glyph_cell(scene, tile, tile)  # the whole picture squeezed into one tile
-        assert fixed_w < ILLEGIBLE_PX, (scene, fixed_w)
+        assert fixed_w < NARROW_PX, (scene, fixed_w)
         cols, rows = choose_grid(scene["w"], scene["h"], tile, config.s2_grid_mode, config.s2_min_tiles,
                                  config.s2_max_tiles)
         s2_w, s2_h = glyph_cell(scene, cols * tile, rows * tile)  # Dynamic-S2's largest scale
