@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import resource
 import time
 from collections import defaultdict
@@ -14,29 +13,16 @@ from typing import Any
 import torch
 
 from nvila_model.checkpoint import load_checkpoint
+from nvila_model.data.answers import exact_match
 from nvila_model.data.loader import LlavaDataset
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
 from nvila_model.device import resolve_device
 from nvila_model.manifest import staged_output, write_stage_manifest
 from nvila_model.train.config import METRIC_DECIMALS, EvalConfig
 
-NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve".split())}
-
-
 # Two-sided 95% normal quantile: a paired difference beyond Z95 standard errors is one the test set resolves.
 Z95 = 1.96
 SUBSETS_FILE = "subsets.json"  # chance level per subset, beside a generated corpus's manifests
-
-
-def normalise(text: str) -> str:
-    """Lower-case, drop punctuation and articles, spell numbers as digits."""
-    words = re.sub(r"[^a-z0-9 ]", " ", text.lower()).split()
-    return " ".join(NUMBER_WORDS.get(w, w) for w in words if w not in ("a", "an", "the"))
-
-
-def exact_match(prediction: str, answer: str) -> bool:
-    return normalise(prediction) == normalise(answer)
 
 
 def score_predictions(rows: list[dict[str, Any]], chance: dict[str, float] | None = None) -> dict[str, float]:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from ..params import config, parse
+from .answers import normalise
 from .scenes import WORDS
 
 SAMPLE_CACHE_MB = 1024  # default memory for processed training samples (the training configs' `sample_cache_mb`)
@@ -87,10 +88,10 @@ def subset_configs(cfg: GenerateConfig) -> dict[str, SubsetConfig]:
             raise ValueError(f"subsets.{name}: need 16 <= min_side <= max_side and some aspect_ratios")
         if len(sc.glyph_px) != 2 or not 4 <= sc.glyph_px[0] <= sc.glyph_px[1]:
             raise ValueError(f"subsets.{name}: glyph_px must be [min, max] pixels with 4 <= min <= max")
-        if len(sc.words) < 2 or len(set(sc.words)) != len(sc.words) or not all(
-                w.isascii() and w.isalpha() and w.islower() and w not in ("a", "an", "the") for w in sc.words):
-            raise ValueError(f"subsets.{name}: words must be at least two distinct lowercase words of letters a-z, "
-                             f"not an article (evaluation drops articles), got {sc.words}")
+        if len(sc.words) < 2 or not all(w.isascii() and w.isalpha() and w.islower() for w in sc.words) or len(
+                {normalise(w) for w in sc.words} - {""}) != len(sc.words):
+            raise ValueError(f"subsets.{name}: words must be at least two lowercase words of letters a-z that stay "
+                             f"distinct and non-empty under evaluation's normalising (no article), got {sc.words}")
         if sc.slot_frames < 1 or sc.frames % sc.slot_frames:
             raise ValueError(f"subsets.{name}: frames ({sc.frames}) must be a multiple of slot_frames "
                              f"({sc.slot_frames} >= 1)")

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from nvila_model.evaluate import EvalConfig, exact_match, normalise, paired_difference, run_eval, score_predictions
+from nvila_model.data.answers import exact_match, normalise
+from nvila_model.evaluate import EvalConfig, paired_difference, run_eval, score_predictions
 from tests.train.conftest import stage_params
 
 
