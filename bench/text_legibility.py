@@ -5,8 +5,8 @@ and (b) Dynamic-S2's largest-scale grid, exactly as the processor prepares them.
 The frontier's `text` settings (params.yaml) leave letters under 2 pixels wide after the fixed resize
 (tests/data/test_frontier_corpus.py). This bench asks whether that makes the word unreadable there, which the
 Dynamic-S2-on-text goal assumes. The reader is a measuring instrument, not a model of the pipeline: it is a much
-stronger pixel reader than a 4-pixel-patch ViT, so a word it can not read at a resolution is unreadable there, and a
-word it reads is at least not lost in the resize.
+stronger pixel reader than a 4-pixel-patch ViT, so a word it reads at a resolution is not lost in that resize (and
+one it can not read is unlikely to be read by the pipeline's model).
 
     python bench/text_legibility.py [--arms fixed,s2] [--train 3000] [--test 600] [--steps 800] [--seed 0]
                                     [--words ace,aec,cae,...] [--grain 0.4]
