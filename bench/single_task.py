@@ -75,6 +75,15 @@ def subset_corpus(root: Path, sizes: dict[str, tuple[int, int]], seed: int,
     return data, root / "tokenizer"
 
 
+def subset_table(data: Path) -> dict[str, dict[str, Any]]:
+    """What the generated corpus `data` states about each of its subsets (its `subsets.json`: answer sets, chance)."""
+    import json
+
+    from nvila_model.evaluate import SUBSETS_FILE
+
+    return {row["name"]: row for row in json.loads((data / SUBSETS_FILE).read_text())}
+
+
 def exact_match(model, dataset, collate, batch_size: int = 16) -> dict[str, float]:
     """Per subset, the share of test records whose every answer token is the model's
     argmax under teacher forcing."""

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, write_results  # noqa: E402
-from bench.single_task import arg_parser, choices, params, result_name, subset_corpus  # noqa: E402
+from bench.single_task import arg_parser, choices, params, result_name, subset_corpus, subset_table  # noqa: E402
 
 ARMS = {"fixed": False, "s2": True}  # name: Dynamic-S2 on
 TASKS = ("text",)
@@ -125,7 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data, tok_dir = subset_corpus(Path(tmp), {"text": (args.train, args.test)}, args.seed,
                                       {"text": {"words": words}} if words else None)
-        vocabulary = sorted({r["conversations"][-1]["value"] for r in read_manifest(data / "train.jsonl")})
+        vocabulary = subset_table(data)["text"]["answers"]
         splits = {}
         for split in ("train", "test"):
             records = read_manifest(data / f"{split}.jsonl")

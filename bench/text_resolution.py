@@ -18,7 +18,6 @@ Prints a table and writes bench/results/text_resolution.json (other settings are
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, write_results  # noqa: E402
-from bench.single_task import arg_parser, choices, result_name, subset_corpus, train  # noqa: E402
+from bench.single_task import arg_parser, choices, result_name, subset_corpus, subset_table, train  # noqa: E402
 
 ARMS = {  # name: model overrides, as the frontier's variants
     "s2": {"projector": "none", "dynamic_s2": True},
@@ -43,7 +42,7 @@ def main() -> None:
     knobs = {"text": {"words": args.words.split(",")}} if args.words else {}
     with tempfile.TemporaryDirectory() as tmp:
         data, tok_dir = subset_corpus(Path(tmp), {"text": (args.train, args.test)}, args.seed, knobs)
-        chance = json.loads((data / "subsets.json").read_text())[0]["chance"]
+        chance = subset_table(data)["text"]["chance"]
         rows = [{"arm": arm} | train(ARMS[arm], data, tok_dir, args.steps, args.seed) for arm in arms]
     print_table(rows, ["arm", "train_loss_end", "test_text", "train_seconds"])
     write_results(result_name("text_resolution", parser, args),

@@ -46,3 +46,12 @@ def test_a_batch_is_background_free_and_padded_and_grain_is_seeded() -> None:
     noisy = [np.asarray(with_grain(image, 0.2, np.random.default_rng(1))) for _ in range(2)]
     assert (noisy[0] == noisy[1]).all() and (noisy[0] != 100).any()
     assert (noisy[0][..., 0] == noisy[0][..., 2]).all(), "one grain value per pixel for all three channels"
+
+
+def test_the_benches_read_the_answer_set_and_chance_the_corpus_states(tmp_path) -> None:
+    from bench.single_task import subset_table
+
+    data, _ = subset_corpus(tmp_path, {"text": (4, 2)}, seed=0, knobs={"text": {"words": ["nue", "une", "enu"]}})
+    table = subset_table(data)
+    assert list(table) == ["text"]
+    assert table["text"]["answers"] == ["enu", "nue", "une"] and table["text"]["chance"] == round(1 / 3, 4)

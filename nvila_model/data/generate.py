@@ -83,8 +83,9 @@ def build_split(subset: Subset, sc: SubsetConfig, split: str, size: int, rng: np
         dup["scene"]["jitter"] = list(JITTERS[int(rng.integers(len(JITTERS)))])
         dup.update(defect="duplicate", duplicate_of=src["id"])
         dups.append(dup)
+    answers = subset.answer_sets(sc)
     for i in rng.choice(len(base), size=num_noise, replace=False):
-        _add_noise(base[int(i)], subset.answer_sets(sc), rng)
+        _add_noise(base[int(i)], answers, rng)
     records = base + dups
     return [records[int(i)] for i in rng.permutation(len(records))]
 
