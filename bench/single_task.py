@@ -48,11 +48,47 @@ def choices(parser: argparse.ArgumentParser, args: argparse.Namespace, arms: Ite
     return picked_arms, picked_tasks
 
 
+def add_knob_option(parser: argparse.ArgumentParser, subset: str) -> None:
+    """`--knob KEY=VALUE` (repeatable): a generator knob of `subset` on top of the frontier's settings, the value
+    read as YAML (`--knob words=[ace,aec,cae] --knob min_side=300`)."""
+    parser.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a generator knob of the {subset} subset (SubsetConfig), the value as YAML; repeatable")
+
+
+def knobs_of(parser: argparse.ArgumentParser, args: argparse.Namespace, subset: str) -> dict[str, dict[str, Any]]:
+    """`--knob` settings as `subset_corpus`'s knobs ({subset: {key: value}}), checked on top of the frontier's settings
+    by the generator's own config before any work: a malformed or invalid one exits with one line naming it."""
+    from pydantic import ValidationError
+
+    from nvila_model.data.config import GenerateConfig
+
+    knobs: dict[str, Any] = {}
+    for item in args.knob:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError("expected KEY=VALUE")
+            knobs[key] = yaml.safe_load(value)
+        except (ValueError, yaml.YAMLError) as exc:
+            parser.error(f"--knob {item!r}: {str(exc).splitlines()[0]}")
+    try:
+        GenerateConfig(subsets={subset: {**params()["frontier"]["settings"]["generate.subsets"].get(subset, {}),
+                                         **knobs}})
+    except ValidationError as exc:
+        parser.error("--knob: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
+    return {subset: knobs} if knobs else {}
+
+
 def result_name(prefix: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """The results file's name: `prefix` and each setting that differs from its default (`--arms llm4 --steps 900`:
-    `<prefix>_armsllm4_steps900`), so a run with other settings does not overwrite the default run's figures."""
-    return prefix + "".join(f"_{key}{str(value).replace(',', '-')}" for key, value in vars(args).items()
-                            if value != parser.get_default(key))
+    `<prefix>_armsllm4_steps900`; a knob by its key and value: `--knob glyph_px=[8,9]`: `_glyph_px8-9`), so a run with
+    other settings does not overwrite the default run's figures."""
+    named = [(key, value) for key, value in vars(args).items() if key != "knob" and value != parser.get_default(key)]
+    for item in getattr(args, "knob", []):
+        key, _, value = item.partition("=")
+        value = yaml.safe_load(value)
+        named.append((key, ",".join(map(str, value)) if isinstance(value, list) else value))
+    return prefix + "".join(f"_{key}{str(value).replace(',', '-')}" for key, value in named)
 
 
 def subset_corpus(root: Path, sizes: dict[str, tuple[int, int]], seed: int,

@@ -9,10 +9,12 @@ stronger pixel reader than a 4-pixel-patch ViT, so a word it reads at a resoluti
 one it can not read is unlikely to be read by the pipeline's model).
 
     python bench/text_legibility.py [--arms fixed,s2] [--train 3000] [--test 600] [--steps 800] [--seed 0]
-                                    [--words ace,aec,cae,...] [--grain 0.4]
+                                    [--knob words=[ace,aec,cae,...]] [--knob min_side=300] [--grain 0.4]
 
-`--words` replaces the vocabulary (the generator's `words` knob), `--grain` adds pixel noise of that standard
-deviation (a share of full scale, one value per pixel for all three channels) to each picture before the processor.
+`--knob KEY=VALUE` sets a generator knob of the text subset on top of the frontier's (the vocabulary `words`, the
+picture sizes `min_side`/`max_side`, the letter heights `glyph_px`; repeatable). `--grain` adds pixel noise of that
+standard deviation (a share of full scale, one value per pixel for all three channels) to each picture before the
+processor.
 Prints a table and writes bench/results/text_legibility.json (other settings are named in the file's name).
 """
 
@@ -28,7 +30,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, write_results  # noqa: E402
-from bench.single_task import arg_parser, choices, params, result_name, subset_corpus, subset_table  # noqa: E402
+from bench.single_task import (  # noqa: E402
+    add_knob_option,
+    arg_parser,
+    choices,
+    knobs_of,
+    params,
+    result_name,
+    subset_corpus,
+    subset_table,
+)
 
 ARMS = {"fixed": False, "s2": True}  # name: Dynamic-S2 on
 TASKS = ("text",)
@@ -106,11 +117,11 @@ def read_accuracy(train_X, train_y, test_X, test_y, classes: int, steps: int, se
 def main() -> None:
     parser = arg_parser(__doc__, ARMS, TASKS, train=3000, test=600)
     parser.set_defaults(steps=800)
-    parser.add_argument("--words", default="", help="comma-separated vocabulary (default: the generator's)")
+    add_knob_option(parser, "text")
     parser.add_argument("--grain", type=float, default=0.0, help="pixel noise s.d., a share of full scale")
     args = parser.parse_args()
     arms, _ = choices(parser, args, ARMS, TASKS)
-    words = args.words.split(",") if args.words else None
+    knobs = knobs_of(parser, args, "text")
 
     import torch
     from PIL import Image
@@ -123,8 +134,7 @@ def main() -> None:
     model = params()["model"]
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        data, tok_dir = subset_corpus(Path(tmp), {"text": (args.train, args.test)}, args.seed,
-                                      {"text": {"words": words}} if words else None)
+        data, tok_dir = subset_corpus(Path(tmp), {"text": (args.train, args.test)}, args.seed, knobs)
         vocabulary = subset_table(data)["text"]["answers"]
         splits = {}
         for split in ("train", "test"):

@@ -9,9 +9,10 @@ the frontier's wide pictures of 14-16 px letters) at `image_sft`'s learning rate
 (chance 1/8 with the default vocabulary).
 
     python bench/text_resolution.py [--arms s2,fixed] [--train 1500] [--test 200] [--steps 300] [--seed 0]
-                                    [--words ace,aec,cae,...]
+                                    [--knob words=[ace,aec,cae,...]] [--knob min_side=300]
 
-`--words` replaces the vocabulary (the generator's `words` knob; chance is one over its size).
+`--knob KEY=VALUE` sets a generator knob of the text subset on top of the frontier's (the vocabulary `words`: chance
+is one over its size; the picture sizes `min_side`/`max_side`; the letter heights `glyph_px`); repeatable.
 
 Prints a table and writes bench/results/text_resolution.json (other settings are named in the file's name).
 """
@@ -25,7 +26,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, write_results  # noqa: E402
-from bench.single_task import arg_parser, choices, result_name, subset_corpus, subset_table, train  # noqa: E402
+from bench.single_task import (  # noqa: E402
+    add_knob_option,
+    arg_parser,
+    choices,
+    knobs_of,
+    result_name,
+    subset_corpus,
+    subset_table,
+    train,
+)
 
 ARMS = {  # name: model overrides, as the frontier's variants
     "s2": {"projector": "none", "dynamic_s2": True},
@@ -36,10 +46,10 @@ TASKS = ("text",)
 
 def main() -> None:
     parser = arg_parser(__doc__, ARMS, TASKS, train=1500, test=200)
-    parser.add_argument("--words", default="", help="comma-separated vocabulary (default: the generator's)")
+    add_knob_option(parser, "text")
     args = parser.parse_args()
     arms, _ = choices(parser, args, ARMS, TASKS)
-    knobs = {"text": {"words": args.words.split(",")}} if args.words else {}
+    knobs = knobs_of(parser, args, "text")
     with tempfile.TemporaryDirectory() as tmp:
         data, tok_dir = subset_corpus(Path(tmp), {"text": (args.train, args.test)}, args.seed, knobs)
         chance = subset_table(data)["text"]["chance"]

@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.single_task import arg_parser, choices, exact_match, params, result_name, subset_corpus, train
+from bench.single_task import (
+    add_knob_option,
+    arg_parser,
+    choices,
+    exact_match,
+    knobs_of,
+    params,
+    result_name,
+    subset_corpus,
+    train,
+)
 from nvila_model.data.collate import PackingCollator
 from nvila_model.data.loader import LlavaDataset, load_video
 from nvila_model.data.manifest import read_manifest
@@ -82,3 +92,19 @@ def test_the_command_line_runs_the_named_arms_and_tasks_in_order_and_refuses_oth
     assert "unknown arms or tasks ['c']: arms ['a', 'b']" in capsys.readouterr().err
     assert result_name("bench", parser, parser.parse_args([])) == "bench"
     assert result_name("bench", parser, parser.parse_args(["--arms", "b,a", "--steps", "9"])) == "bench_armsb-a_steps9"
+
+
+def test_a_knob_reaches_the_corpus_and_the_results_name_and_a_bad_one_is_one_line(capsys) -> None:
+    parser = arg_parser("A bench.", {"a": 1}, ("text",), train=5, test=2)
+    add_knob_option(parser, "text")
+    args = parser.parse_args(["--knob", "words=[ace,aec]", "--knob", "min_side=300", "--knob", "max_side=330"])
+    assert knobs_of(parser, args, "text") == {"text": {"words": ["ace", "aec"], "min_side": 300, "max_side": 330}}
+    assert result_name("bench", parser, args) == "bench_wordsace-aec_min_side300_max_side330"
+    assert knobs_of(parser, parser.parse_args([]), "text") == {}
+    for knob, says in (("max_side=100", "subsets.text: need 16 <= min_side <= max_side"),  # below the frontier's min
+                       ("glyph_px=[3", "--knob 'glyph_px=[3': while parsing"), ("words", "expected KEY=VALUE"),
+                       ("colour=red", "subsets.text.colour: unknown key")):
+        with pytest.raises(SystemExit):
+            knobs_of(parser, parser.parse_args(["--knob", knob]), "text")
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert says in err and ": error: --knob" in err
