@@ -115,7 +115,7 @@ def subset_table(data: Path) -> dict[str, dict[str, Any]]:
     """What the generated corpus `data` states about each of its subsets (its `subsets.json`: answer sets, chance)."""
     import json
 
-    from nvila_model.evaluate import SUBSETS_FILE
+    from nvila_model.data.manifest import SUBSETS_FILE
 
     return {row["name"]: row for row in json.loads((data / SUBSETS_FILE).read_text())}
 

@@ -15,6 +15,7 @@ import torch
 from nvila_model.checkpoint import load_checkpoint
 from nvila_model.data.answers import exact_match
 from nvila_model.data.loader import LlavaDataset
+from nvila_model.data.manifest import SUBSETS_FILE
 from nvila_model.data.registry import DatasetRegistry, DatasetsConfig
 from nvila_model.device import resolve_device
 from nvila_model.manifest import staged_output, write_stage_manifest
@@ -22,7 +23,6 @@ from nvila_model.train.config import METRIC_DECIMALS, EvalConfig
 
 # Two-sided 95% normal quantile: a paired difference beyond Z95 standard errors is one the test set resolves.
 Z95 = 1.96
-SUBSETS_FILE = "subsets.json"  # chance level per subset, beside a generated corpus's manifests
 
 
 def score_predictions(rows: list[dict[str, Any]], chance: dict[str, float] | None = None) -> dict[str, float]:

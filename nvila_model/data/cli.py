@@ -19,9 +19,10 @@ def generate(
     """Write the synthetic multi-task visual-QA corpus: {train,val,test}.jsonl, images/, videos/, subsets.json."""
     from ..params import load_config
     from .generate import run_generate
+    from .manifest import SUBSETS_FILE
 
     root = run_generate(load_config("generate", params), out)
-    table = json.loads((root / "subsets.json").read_text())
+    table = json.loads((root / SUBSETS_FILE).read_text())
     for row in table:
         typer.echo(f"{row['name']:<11} {row['media']:<7} chance {row['chance']:.3f}  sizes {row['sizes']}")
     typer.echo(f"wrote {root}")

@@ -13,7 +13,7 @@ import numpy as np
 from ..manifest import staged_output, write_stage_manifest
 from ..params import to_dict
 from .config import DEFAULT_SUBSETS, GenerateConfig, SubsetConfig, subset_configs
-from .manifest import write_jsonl
+from .manifest import SUBSETS_FILE, write_jsonl
 from .render import save_png, shift_frames, write_mp4
 from .scenes import Attributes, BarChart, Compare, Counting, Scene, Spatial, Subset, TextReading, jitter_image
 from .video_scenes import Flashes, Motion, Order, VideoSubset
@@ -127,7 +127,7 @@ def subsets_table(configs: dict[str, SubsetConfig], scale: float) -> list[dict]:
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / "subsets.json").is_file():
+    if out.exists() and any(out.iterdir()) and not (out / SUBSETS_FILE).is_file():
         raise ValueError(f"{out}: exists and was not written by `nvila data generate`; refusing to overwrite it")
 
 
@@ -154,6 +154,6 @@ def _generate(cfg: GenerateConfig, configs: dict[str, SubsetConfig], root: Path)
                 records.append(record)
         write_jsonl(records, root / f"{split}.jsonl")
     table = subsets_table(configs, cfg.scale)
-    (root / "subsets.json").write_text(json.dumps(table, indent=2) + "\n")
+    (root / SUBSETS_FILE).write_text(json.dumps(table, indent=2) + "\n")
     write_stage_manifest(root, "generate", to_dict(cfg), media_root=".",
                          counts={t["name"]: t["sizes"] for t in table})

@@ -15,6 +15,7 @@ ROLES = ("human", "gpt")
 UNREADABLE = ("invalid_utf8", "invalid_json", "not_an_object")  # reasons of a line that holds no record
 ESCAPES_ROOT = "path_escapes_media_root"
 _BOM = b"\xef\xbb\xbf"
+SUBSETS_FILE = "subsets.json"  # a generated corpus's table of subsets (answer sets, chance), beside its manifests
 
 
 @dataclass

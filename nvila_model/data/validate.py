@@ -23,7 +23,7 @@ from ..params import to_dict
 from ..train.config import ModelParams
 from .checks import make_token_counter, record_facts
 from .config import ValidateConfig
-from .manifest import ESCAPES_ROOT, UNREADABLE, ManifestEntry, media_root_for, scan_manifest, write_jsonl
+from .manifest import ESCAPES_ROOT, SUBSETS_FILE, UNREADABLE, ManifestEntry, media_root_for, scan_manifest, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +243,8 @@ def _write(cfg: ValidateConfig, src: Path, out: Path, root: Path, df: pd.DataFra
     write_jsonl(quarantine, out / "quarantine.jsonl")
     summary = {**summarise(df, reasons, blank), "length_check": length_check}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if (src / "subsets.json").is_file():
-        (out / "subsets.json").write_text((src / "subsets.json").read_text())
+    if (src / SUBSETS_FILE).is_file():
+        (out / SUBSETS_FILE).write_text((src / SUBSETS_FILE).read_text())
     counts = {k: summary[k] for k in ("input", "kept", "quarantined", "unreadable", "blank_lines")}
     # the media folder is recorded, not hashed: a user's image folder can be very large
     write_stage_manifest(out, "validate", to_dict(cfg), inputs={"raw": src}, counts=counts, length_check=length_check,
