@@ -55,6 +55,18 @@ def add_knob_option(parser: argparse.ArgumentParser, subset: str) -> None:
                         help=f"a generator knob of the {subset} subset (SubsetConfig), the value as YAML; repeatable")
 
 
+def _knob_pairs(items: Iterable[str]) -> Iterable[tuple[str, Any]]:
+    """(key, YAML value) of each `--knob KEY=VALUE`; a malformed one is a ValueError naming it."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--knob {item!r}: expected KEY=VALUE")
+        try:
+            yield key, yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--knob {item!r}: {str(exc).splitlines()[0]}") from None
+
+
 def knobs_of(parser: argparse.ArgumentParser, args: argparse.Namespace, subset: str) -> dict[str, dict[str, Any]]:
     """`--knob` settings as `subset_corpus`'s knobs ({subset: {key: value}}), checked on top of the frontier's settings
     by the generator's own config before any work: a malformed or invalid one exits with one line naming it."""
@@ -62,15 +74,10 @@ def knobs_of(parser: argparse.ArgumentParser, args: argparse.Namespace, subset: 
 
     from nvila_model.data.config import GenerateConfig
 
-    knobs: dict[str, Any] = {}
-    for item in args.knob:
-        key, sep, value = item.partition("=")
-        try:
-            if not sep or not key:
-                raise ValueError("expected KEY=VALUE")
-            knobs[key] = yaml.safe_load(value)
-        except (ValueError, yaml.YAMLError) as exc:
-            parser.error(f"--knob {item!r}: {str(exc).splitlines()[0]}")
+    try:
+        knobs = dict(_knob_pairs(args.knob))
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         GenerateConfig(subsets={subset: {**params()["frontier"]["settings"]["generate.subsets"].get(subset, {}),
                                          **knobs}})
@@ -84,10 +91,8 @@ def result_name(prefix: str, parser: argparse.ArgumentParser, args: argparse.Nam
     `<prefix>_armsllm4_steps900`; a knob by its key and value: `--knob glyph_px=[8,9]`: `_glyph_px8-9`), so a run with
     other settings does not overwrite the default run's figures."""
     named = [(key, value) for key, value in vars(args).items() if key != "knob" and value != parser.get_default(key)]
-    for item in getattr(args, "knob", []):
-        key, _, value = item.partition("=")
-        value = yaml.safe_load(value)
-        named.append((key, ",".join(map(str, value)) if isinstance(value, list) else value))
+    named += [(key, ",".join(map(str, value)) if isinstance(value, list) else value)
+              for key, value in _knob_pairs(getattr(args, "knob", []))]
     return prefix + "".join(f"_{key}{str(value).replace(',', '-')}" for key, value in named)
 
 
