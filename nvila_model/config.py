@@ -15,6 +15,10 @@ PROJECTOR_FACTORS = {"none": 1, "mlp_downsample": 2, "mlp_downsample_2x2_fix": 2
 GRID_MODES = ("search", "round")
 # Video frame picks: "centre" of equal segments (ours), "linspace" = round(linspace(0, n-1, k)) (the reference's).
 FRAME_SAMPLING = ("centre", "linspace")
+# `center_visual_tokens`: "none"; "item" (each media item's own mean token); "running" (the mean over the training
+# batch, and at inference a running average of those means). False and True are the first two, as older configs
+# spell them.
+CENTERING = ("none", "item", "running")
 
 
 class NVILAConfig(PretrainedConfig):
@@ -29,12 +33,15 @@ class NVILAConfig(PretrainedConfig):
     groups of `video_pool_size` consecutive frames.
     `image_token` / `video_token` are the tokenizer's strings for the media placeholders (ids `image_token_id` /
     `video_token_id`); an imported official checkpoint keeps its own (`<image>`, `<vila/video>`).
-    `center_visual_tokens` subtracts each media item's mean projected token from its tokens: off for the paper's
-    sizes and released checkpoints, on for the presets trained from scratch (`tiny`, `small`). There a picture of
-    flat background is nearly one token repeated (99% of a fresh model's token norm is the mean token shared by
-    every picture), training grows that shared part, and after the LLM's RMSNorm the part that tells pictures
-    apart is too small to learn from: the `text` task stayed at chance even on 1500 text-only records
-    (README: What the visual tokens carry).
+    `center_visual_tokens` subtracts a mean projected token from the visual tokens before the LLM: "none" (False)
+    for the paper's sizes and released checkpoints; "item" (True), each media item's own mean, for the presets
+    trained from scratch (`tiny`, `small`). There a picture of flat background is nearly one token repeated (99% of
+    a fresh model's token norm is the mean token shared by every picture), training grows that shared part, and
+    after the LLM's RMSNorm the part that tells pictures apart is too small to learn from: the `text` task stayed
+    at chance even on 1500 text-only records (README: What the visual tokens carry). "running" subtracts the mean
+    over the training micro-batch's visual tokens in training and a running average of it at inference (the mean
+    half of a BatchNorm): each picture keeps its own mean, and a fixed subtraction folds into the projector's last
+    bias, so such a model exports to the released layout.
     """
 
     model_type = "nvila"
@@ -64,7 +71,7 @@ class NVILAConfig(PretrainedConfig):
         system_prompt: str = "You are a helpful assistant.",
         max_seq_length: int = 8192,
         initializer_range: float = 0.02,
-        center_visual_tokens: bool = False,
+        center_visual_tokens: bool | str = False,
         **kwargs: Any,
     ):
         if isinstance(vision_config, dict):
@@ -122,6 +129,14 @@ class NVILAConfig(PretrainedConfig):
         return self.tokens_per_side**2
 
     @property
+    def centering(self) -> str:
+        """`center_visual_tokens` as one of CENTERING (older configs hold a bool)."""
+        mode = self.center_visual_tokens
+        if isinstance(mode, bool):
+            return "item" if mode else "none"
+        return mode
+
+    @property
     def num_scales(self) -> int:
         return len(self.s2_scales) if self.dynamic_s2 else 1
 
@@ -151,6 +166,8 @@ class NVILAConfig(PretrainedConfig):
                 raise ValueError(f"s2_grid_mode {self.s2_grid_mode!r} unknown; choose one of {GRID_MODES}")
             if not 1 <= self.s2_min_tiles <= self.s2_max_tiles:
                 raise ValueError(f"need 1 <= s2_min_tiles ({self.s2_min_tiles}) <= s2_max_tiles ({self.s2_max_tiles})")
+        if self.centering not in CENTERING:
+            raise ValueError(f"center_visual_tokens {self.center_visual_tokens!r} unknown; choose one of {CENTERING}")
         if self.video_frame_sampling not in FRAME_SAMPLING:
             raise ValueError(f"video_frame_sampling {self.video_frame_sampling!r} unknown; "
                              f"choose one of {FRAME_SAMPLING}")

@@ -50,6 +50,36 @@ def scale_maps(layout_row: list[int], tiles_NhwC: torch.Tensor, config: NVILACon
     return tiles_NhwC.repeat(1, 1, 1, config.num_scales) if config.num_scales > 1 else tiles_NhwC
 
 
+class RunningCentre(nn.Module):
+    """`center_visual_tokens="running"`: the mean half of a BatchNorm over visual tokens. In training it subtracts
+    the micro-batch's mean visual token, the gradient flowing through that mean as through BatchNorm's (so no
+    parameter is pushed along the direction every token shares), and folds the mean into a running average; at
+    inference it subtracts that average, a constant the released layout holds as the projector's last bias.
+    Hand-written because torch's BatchNorm also divides each channel by its spread, which `item` centring (the
+    alternative it is measured against) does not."""
+
+    # BatchNorm's: the average weighs about the last 10 training micro-batches (over the first 10 it is their plain
+    # mean, not leaning towards the zeros it starts from). The shared mean keeps growing while a stage trains
+    # (3 to 9 in 300 steps of bench/visual_centering.py) and settles as its learning rate decays; at 0.01 the
+    # average still lagged the last batches' mean by 3 times the tokens' spread and the test answers were noise.
+    MOMENTUM = 0.1
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def forward(self, tokens_ND: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return tokens_ND - self.mean.to(tokens_ND.dtype)
+        batch_D = tokens_ND.mean(0)
+        with torch.no_grad():
+            self.updates += 1
+            weight = torch.clamp(1.0 / self.updates, min=self.MOMENTUM).to(self.mean.dtype)
+            self.mean.lerp_(batch_D.detach().to(self.mean.dtype), weight)
+        return tokens_ND - batch_D
+
+
 class NVILAPreTrainedModel(PreTrainedModel):
     config_class = NVILAConfig
     config: NVILAConfig
@@ -71,6 +101,8 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         self.vision_tower = SiglipVisionModel(config.vision_config)
         self.projector = Projector(config.projector, config.projector_in_channels, config.text_config.hidden_size)
         self.language_model = Qwen2ForCausalLM(config.text_config)
+        if config.centering == "running":
+            self.token_centre = RunningCentre(config.text_config.hidden_size)
         self.post_init()
         # greedy decoding stops at <|im_end|>; ids come from the LLM config (set by the presets / tokenizer)
         self.generation_config.eos_token_id = config.text_config.eos_token_id
@@ -129,8 +161,10 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         side = self.config.patches_per_side
         return x_NPC.reshape(x_NPC.shape[0], side, side, x_NPC.shape[-1])
 
-    def encode_media(self, pixel_values: torch.Tensor, media_layout: torch.Tensor) -> list[torch.Tensor]:
-        """Projected tokens for each media item, in order: a list of [num_tokens_i, D].
+    def encode_media(self, pixel_values: torch.Tensor, media_layout: torch.Tensor,
+                     centre: bool = True) -> list[torch.Tensor]:
+        """Projected tokens for each media item, in order: a list of [num_tokens_i, D], centred as the config says
+        (`centre=False`: the projector's tokens as they are).
 
         The projector runs once on the tiles of all media: under ZeRO-3 every call of a module gathers its weights,
         so the number of calls must not depend on how many media a rank's micro-batch holds.
@@ -156,8 +190,12 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
                 outputs.append(pooled_GTD.flatten(0, 1))
             else:
                 outputs.append(proj_NhwD.flatten(0, 2))
-        if cfg.center_visual_tokens:
-            outputs = [tokens_TD - tokens_TD.mean(0, keepdim=True) for tokens_TD in outputs]
+        if not centre:
+            return outputs
+        if cfg.centering == "item":
+            return [tokens_TD - tokens_TD.mean(0, keepdim=True) for tokens_TD in outputs]
+        if cfg.centering == "running":
+            return list(self.token_centre(torch.cat(outputs)).split([t.shape[0] for t in outputs]))
         return outputs
 
     def idle_media_term(self, like: torch.Tensor) -> torch.Tensor:
@@ -167,7 +205,7 @@ class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):
         the vision weights and the job hangs."""
         size = self.config.tile_size
         tile = torch.zeros((1, 3, size, size), device=like.device)
-        feats = self.encode_media(tile, torch.tensor([[KIND_TILE_IMAGE, 1, 1, 0]]))[0]
+        feats = self.encode_media(tile, torch.tensor([[KIND_TILE_IMAGE, 1, 1, 0]]), centre=False)[0]
         return feats.sum().to(like.dtype) * 0.0
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,

@@ -147,11 +147,13 @@ def official_config(config: NVILAConfig, llm_cfg: dict[str, Any], vision_cfg: di
 
 def exportable(config: NVILAConfig) -> None:
     """Refuse settings the reference can not express (it always uses its own grid search and tile bounds, and
-    passes the projector's tokens to the LLM as they are)."""
-    if config.center_visual_tokens:
-        raise ValueError("center_visual_tokens=True (the tiny and small presets' default): the reference does not "
-                         "centre each picture's visual tokens; train with model.overrides {center_visual_tokens: "
-                         "false} to export")
+    passes the projector's tokens to the LLM as they are: a running centring's fixed mean is folded into the
+    projector by the exporter, a per-item one can not be)."""
+    if config.centering == "item":
+        raise ValueError(f"center_visual_tokens={config.center_visual_tokens!r} (the tiny and small presets' "
+                         "default): the reference does not centre each picture's visual tokens; train with "
+                         "model.overrides {center_visual_tokens: running} (its mean folds into the projector) or "
+                         "{center_visual_tokens: none} to export")
     if config.dynamic_s2:
         if config.s2_grid_mode != "search":
             raise ValueError(f"s2_grid_mode={config.s2_grid_mode!r}: the reference only implements the 'search' grid")

@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nvila_model.checkpoint import is_quantized, load_checkpoint
 from nvila_model.manifest import write_stage_manifest
 from nvila_model.modeling import NVILAForConditionalGeneration
 from nvila_model.official import config_map, layout, tokens, weights
 from nvila_model.processor import NVILAProcessor
+from nvila_model.projector import Projector
 
 
 def legacy_text_config(config_dict: dict[str, Any], dtype: str) -> dict[str, Any]:
@@ -68,6 +71,19 @@ def write_vision(model, folder: Path, dtype: str) -> dict[str, Any]:
     return cfg
 
 
+def projector_for_export(model) -> Projector:
+    """The projector whose tokens the reference passes to the LLM as they are: under `center_visual_tokens=
+    "running"` a copy with the running mean taken off its last Linear's bias (at inference that centring subtracts
+    one fixed vector, and stitching tiles and averaging frames are linear, so this is exact)."""
+    if model.config.centering != "running":
+        return model.projector
+    projector = copy.deepcopy(model.projector)
+    last = projector.layers[-1]
+    with torch.no_grad():
+        last.bias -= model.token_centre.mean.to(last.bias.dtype)
+    return projector
+
+
 def export_official(ckpt: Path, out: Path) -> Path:
     """Write the project checkpoint `ckpt` to `out` in the reference layout: config.json, llm/ (Qwen2 + tokenizer
     with `<image>`, `<vila/video>`, `<vila/sentinel>`), vision_tower/ (SigLIP, `vision_model.` names, image
@@ -79,7 +95,7 @@ def export_official(ckpt: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     llm_cfg = write_llm(model, processor, out / layout.LLM_DIR, dtype)
     vision_cfg = write_vision(model, out / layout.VISION_DIR, dtype)
-    projector_cfg = weights.save_projector(model.projector, out / layout.PROJECTOR_DIR, dtype)
+    projector_cfg = weights.save_projector(projector_for_export(model), out / layout.PROJECTOR_DIR, dtype)
     top = config_map.official_config(model.config, llm_cfg, vision_cfg, projector_cfg, dtype, str(out))
     (out / "config.json").write_text(json.dumps(top, indent=2, default=str))
     notes = []

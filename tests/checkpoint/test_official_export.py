@@ -33,16 +33,20 @@ def round_trip(tmp_path_factory):
     return first, exported, import_official(exported, root / "second")
 
 
-@pytest.fixture(scope="module")
-def scratch_export(tmp_path_factory, tokenizer):
-    """A checkpoint trained here (our tokenizer with `<video>`, the tiny preset) exported to the reference layout."""
+@pytest.fixture(scope="module", params=["none", "running"])
+def scratch_export(request, tmp_path_factory, tokenizer):
+    """A checkpoint trained here (our tokenizer with `<video>`, the tiny preset) exported to the reference layout;
+    uncentred, or with a running centring whose average is far from zero (folded into the projector's bias)."""
     root = tmp_path_factory.mktemp("scratch")
-    config = build_config("tiny", video_frame_sampling="linspace", center_visual_tokens=False)
+    config = build_config("tiny", video_frame_sampling="linspace", center_visual_tokens=request.param)
     torch.manual_seed(3)
     model = NVILAForConditionalGeneration(config)
     for name, param in model.projector.named_parameters():  # non-trivial LayerNorm so channel order matters
         if "weight" in name and param.ndim == 1:
             param.data.uniform_(0.5, 1.5)
+    if request.param == "running":
+        model.token_centre.mean.normal_(0.0, 1.0)
+        model.token_centre.updates.fill_(100)
     model.save_pretrained(root / "ckpt")
     NVILAProcessor(tokenizer, config).save_pretrained(root / "ckpt")
     return root / "ckpt", export_official(root / "ckpt", root / "exported")
@@ -91,7 +95,7 @@ def test_reference_computes_our_logits_from_a_scratch_export(scratch_export, tok
 
 def test_export_refuses_what_the_reference_can_not_express(tmp_path, tokenizer):
     for overrides, refusal in (({"s2_grid_mode": "round", "center_visual_tokens": False}, "s2_grid_mode='round'"),
-                               ({}, "center_visual_tokens=True")):
+                               ({}, "center_visual_tokens=True"), ({"center_visual_tokens": "item"}, "'item'")):
         config = build_config("tiny", **overrides)
         NVILAForConditionalGeneration(config).save_pretrained(tmp_path / "ckpt")
         NVILAProcessor(tokenizer, config).save_pretrained(tmp_path / "ckpt")

@@ -60,16 +60,82 @@ def test_centred_visual_tokens_are_each_items_tokens_less_their_mean(processor, 
                               video=frames)]
     pixel_values = torch.cat([f["pixel_values"] for f in items])
     layout = torch.cat([f["media_layout"].reshape(-1, 4) for f in items])
-    assert tiny_model.config.center_visual_tokens
-    assert not any(PRESETS[name]().center_visual_tokens for name in ("nvila-8b", "nvila-lite-8b"))
+    assert tiny_model.config.centering == "item"
+    assert all(PRESETS[name]().centering == "none" for name in ("nvila-8b", "nvila-lite-8b"))
     with torch.no_grad():
         centred = tiny_model.encode_media(pixel_values, layout)
-        tiny_model.config.center_visual_tokens = False
-        raw = tiny_model.encode_media(pixel_values, layout)
+        raw = tiny_model.encode_media(pixel_values, layout, centre=False)
     for tokens_TD, raw_TD in zip(centred, raw, strict=True):
         torch.testing.assert_close(tokens_TD.mean(0), torch.zeros(tokens_TD.shape[1]), atol=1e-6, rtol=0)
         torch.testing.assert_close(tokens_TD, raw_TD - raw_TD.mean(0))
         assert raw_TD.mean(0).norm() > 0.1  # uncentred, the tokens share a mean
+
+
+def _media_batch(processor, seed):
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in ((90, 40), (32, 32))]
+    feats = processor.encode([{"from": "human", "value": "<image>\n<image>\nWhat colour is the square?"},
+                              {"from": "gpt", "value": "red"}], images=images)
+    return feats["pixel_values"], feats["media_layout"].reshape(-1, 4)
+
+
+def test_running_centring_subtracts_the_batch_mean_in_training_and_its_running_average_at_inference(processor):
+    """`center_visual_tokens="running"`: training subtracts the micro-batch's mean token (each item keeps its own
+    mean) and averages those means, the first 1/MOMENTUM of them plainly; inference subtracts the average and
+    leaves it alone, as does the idle term of a text-only batch."""
+    from nvila_model.modeling import RunningCentre
+
+    torch.manual_seed(0)
+    model = NVILAForConditionalGeneration(build_config("tiny", center_visual_tokens="running")).train()
+    centre = model.token_centre
+    batches = [_media_batch(processor, seed) for seed in (0, 1)]
+    means = []
+    for pixel_values, layout in batches:
+        raw = model.encode_media(pixel_values, layout, centre=False)
+        centred = model.encode_media(pixel_values, layout)
+        batch_mean = torch.cat(raw).mean(0)
+        means.append(batch_mean.detach())
+        for tokens_TD, raw_TD in zip(centred, raw, strict=True):
+            torch.testing.assert_close(tokens_TD, raw_TD - batch_mean)
+        assert min(t.mean(0).norm() for t in centred) > 1e-3  # not each item's own mean
+    assert int(centre.updates) == 2
+    torch.testing.assert_close(centre.mean, (means[0] + means[1]) / 2)
+    centre.updates.fill_(500)  # past the start: an exponential average
+    before = centre.mean.clone()
+    model.encode_media(*batches[0])
+    torch.testing.assert_close(centre.mean, before + RunningCentre.MOMENTUM * (means[0] - before))
+
+    model.eval()
+    before = centre.mean.clone()
+    with torch.no_grad():
+        centred = model.encode_media(*batches[1])
+        raw = model.encode_media(*batches[1], centre=False)
+    for tokens_TD, raw_TD in zip(centred, raw, strict=True):
+        torch.testing.assert_close(tokens_TD, raw_TD - before)
+    model.train().idle_media_term(torch.zeros(1))
+    assert torch.equal(centre.mean, before) and int(centre.updates) == 501
+
+
+def test_running_centring_passes_no_gradient_along_the_shared_direction(processor):
+    """The batch mean is differentiated through (as BatchNorm's is): the projector's last bias shifts every token
+    alike, so whatever the loss, it gets no gradient; with the mean detached it would."""
+    torch.manual_seed(0)
+    model = NVILAForConditionalGeneration(build_config("tiny", center_visual_tokens="running")).train()
+    tokens_ND = torch.cat(model.encode_media(*_media_batch(processor, 0)))
+    (tokens_ND * torch.randn_like(tokens_ND)).sum().backward()
+    bias_grad = model.projector.layers[-1].bias.grad
+    assert bias_grad.abs().max() < 1e-4 and model.projector.layers[-1].weight.grad.abs().max() > 1e-2
+
+
+def test_running_centring_saves_and_loads_its_average(tmp_path, processor):
+    model = NVILAForConditionalGeneration(build_config("tiny", center_visual_tokens="running")).train()
+    model.encode_media(*_media_batch(processor, 0))
+    model.save_pretrained(tmp_path)
+    loaded = NVILAForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.config.centering == "running" and int(loaded.token_centre.updates) == 1
+    assert torch.equal(loaded.token_centre.mean, model.token_centre.mean) and loaded.token_centre.mean.norm() > 0
+    with pytest.raises(ValueError, match="center_visual_tokens 'batch' unknown"):
+        build_config("tiny", center_visual_tokens="batch")
 
 
 def test_media_backward_cuts_the_tower_gradient_once_not_per_item(processor, tiny_model):
