@@ -53,7 +53,7 @@ def shares(model, batch) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--centring", default=",".join(CENTERING),
-                        help=f"comma-separated values of center_visual_tokens, of {', '.join(CENTERING)}")
+                        help=f"the center_visual_tokens settings to compare, comma-separated ({', '.join(CENTERING)})")
     parser.add_argument("--train", type=int, default=1500)
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--steps", type=int, default=300)

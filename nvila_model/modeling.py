@@ -56,7 +56,8 @@ class RunningCentre(nn.Module):
     parameter is pushed along the direction every token shares), and folds the mean into a running average; at
     inference it subtracts that average, a constant the released layout holds as the projector's last bias.
     Hand-written because torch's BatchNorm also divides each channel by its spread, which `item` centring (the
-    alternative it is measured against) does not."""
+    alternative it is measured against) does not. Under data parallelism each rank averages its own micro-batches
+    (no all-reduce, unlike SyncBatchNorm): the checkpoint keeps the saving rank's average."""
 
     # BatchNorm's: the average weighs about the last 10 training micro-batches (over the first 10 it is their plain
     # mean, not leaning towards the zeros it starts from). The shared mean keeps growing while a stage trains
