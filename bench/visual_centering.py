@@ -6,8 +6,9 @@ and gradient clipping of params.yaml) for each; every module trains.
 On flat-background pictures a fresh model's visual tokens are nearly one vector shared by every picture, and
 training grows that shared part: the LLM's RMSNorm then leaves too little of what tells pictures apart to learn from.
 The table gives that share as inference sees it (the norm of the mean token over all pictures against the mean token
-norm), the same for the projector's own output, the training loss (chance: about ln(8)/2, the word and the end
-token) and the test exact match (teacher-forced greedy tokens of the whole answer; chance 1/8).
+norm), the same for the projector's own output, how the tokens spread between pictures' own means and around them
+(`picture_shares`), the training loss (chance: about ln(8)/2, the word and the end token) and the test exact match
+(teacher-forced greedy tokens of the whole answer; chance 1/8).
 
     python bench/visual_centering.py [--centring none,item,running] [--train 1500] [--test 200] [--steps 300]
                                      [--memorise 0] [--seed 0]
@@ -39,13 +40,30 @@ def shared_share(model, batch, centre: bool) -> float:
     return float(tokens_ND.mean(0).norm() / tokens_ND.norm(dim=1).mean())
 
 
+def picture_shares(model, batch) -> dict[str, float]:
+    """How the tokens the LLM sees split around each picture's own mean token: the spread of those means between
+    pictures (`picture_share`: RMS distance of a picture's mean from the mean of the pictures' means) and of the
+    tokens within a picture (`within_share`: RMS distance of a token from its picture's mean), each over the mean
+    token norm. `item` centring makes the first 0; `running` keeps it."""
+    import torch
+
+    with torch.no_grad():
+        items = model.encode_media(batch["pixel_values"], batch["media_layout"])
+        means_ID = torch.stack([t.mean(0) for t in items])
+        norm = torch.cat(items).norm(dim=1).mean()
+        within = torch.cat([t - t.mean(0) for t in items]).pow(2).sum(1).mean().sqrt()
+        between = (means_ID - means_ID.mean(0)).pow(2).sum(1).mean().sqrt()
+    return {"picture_share": float(between / norm), "within_share": float(within / norm)}
+
+
 def shares(model, batch) -> dict[str, float]:
     """The shared share of the tokens the LLM sees at inference (a running centring's average, not this batch's
-    mean, and not updated), and of what the projector itself outputs (before centring)."""
+    mean, and not updated), and of what the projector itself outputs (before centring); how the former split
+    between and within pictures."""
     model.eval()
     try:
         return {"shared_share": shared_share(model, batch, True),
-                "projector_shared_share": shared_share(model, batch, False)}
+                "projector_shared_share": shared_share(model, batch, False)} | picture_shares(model, batch)
     finally:
         model.train()
 
@@ -69,7 +87,7 @@ def main() -> None:
                                            memorise=args.memorise, probe=shares)
                 for mode in modes]
     print_table(rows, ["centring", "shared_share_start", "projector_shared_share_end", "shared_share_end",
-                       "train_loss_end", "test_text", "train_seconds"])
+                       "picture_share_end", "within_share_end", "train_loss_end", "test_text", "train_seconds"])
     name = "visual_centering" + (f"_memorise{args.memorise}" if args.memorise else "")
     write_results(name, {"settings": vars(args), "chance_exact_match": 0.125, "rows": rows})
 

@@ -67,18 +67,18 @@ class RunningCentre(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float32))  # fp32 whatever the default dtype
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def forward(self, tokens_ND: torch.Tensor) -> torch.Tensor:
+        # in fp32, then back to the tokens' dtype: the average is not rounded to bf16 before it is subtracted
         if not self.training:
-            return tokens_ND - self.mean.to(tokens_ND.dtype)
-        batch_D = tokens_ND.mean(0)
+            return (tokens_ND.float() - self.mean).to(tokens_ND.dtype)
+        batch_D = tokens_ND.float().mean(0)
         with torch.no_grad():
             self.updates += 1
-            weight = torch.clamp(1.0 / self.updates, min=self.MOMENTUM).to(self.mean.dtype)
-            self.mean.lerp_(batch_D.detach().to(self.mean.dtype), weight)
-        return tokens_ND - batch_D
+            self.mean.lerp_(batch_D.detach(), torch.clamp(1.0 / self.updates, min=self.MOMENTUM).float())
+        return (tokens_ND.float() - batch_D).to(tokens_ND.dtype)
 
 
 class NVILAPreTrainedModel(PreTrainedModel):
@@ -91,6 +91,11 @@ class NVILAPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer"]
     _skip_keys_device_placement = ["cache"]
+    # a running centring's average stays fp32 when the model loads in bf16 (transformers) or trains under DeepSpeed
+    # bf16 (its default keep_in_fp32 pattern reads this attribute), as mixed precision keeps BatchNorm's statistics:
+    # bf16's 8-bit mantissa spaces values near 8 by 0.06, so a batch mean within 0.3 of such an average would not
+    # move it
+    _keep_in_fp32_modules_strict = ["token_centre"]
 
 
 class NVILAForConditionalGeneration(NVILAPreTrainedModel, GenerationMixin):

@@ -80,7 +80,7 @@ def projector_for_export(model) -> Projector:
     projector = copy.deepcopy(model.projector)
     last = projector.layers[-1]
     with torch.no_grad():
-        last.bias -= model.token_centre.mean.to(last.bias.dtype)
+        last.bias.copy_(last.bias.float() - model.token_centre.mean)  # one rounding to the bias's dtype
     return projector
 
 

@@ -138,6 +138,41 @@ def test_running_centring_saves_and_loads_its_average(tmp_path, processor):
         build_config("tiny", center_visual_tokens="batch")
 
 
+def test_running_centring_keeps_its_average_in_fp32_when_the_model_is_bf16(tmp_path, processor):
+    """Loaded in bf16 (GPU inference) or trained under DeepSpeed bf16, the running average stays fp32: it is
+    subtracted unrounded, and a batch mean close to a large average still moves it (in bf16, 8.0 + 0.1 * 0.2
+    rounds back to 8.0)."""
+    torch.manual_seed(0)
+    model = NVILAForConditionalGeneration(build_config("tiny", center_visual_tokens="running"))
+    average = 8.0 + torch.rand_like(model.token_centre.mean) / 16  # finer than bf16 resolves at 8
+    model.token_centre.mean.copy_(average)
+    model.save_pretrained(tmp_path)
+    loaded = NVILAForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert loaded.projector.layers[-1].weight.dtype == torch.bfloat16
+    assert loaded.token_centre.mean.dtype == torch.float32 and torch.equal(loaded.token_centre.mean, average)
+
+    batch = _media_batch(processor, 0)
+    pixel_values = batch[0].to(torch.bfloat16)
+    with torch.no_grad():
+        raw = torch.cat(loaded.encode_media(pixel_values, batch[1], centre=False))
+        centred = torch.cat(loaded.encode_media(pixel_values, batch[1]))
+    assert centred.dtype == torch.bfloat16
+    assert torch.equal(centred, (raw.float() - average).to(torch.bfloat16))
+
+    loaded.train()
+    loaded.token_centre.updates.fill_(500)
+    loaded.token_centre.mean.copy_(raw.float().mean(0) - 0.2)  # the batch's mean 0.2 above the average
+    before = loaded.token_centre.mean.clone()
+    loaded.encode_media(pixel_values, batch[1])
+    torch.testing.assert_close(loaded.token_centre.mean - before, torch.full_like(before, 0.02), atol=2e-3, rtol=0)
+
+    from deepspeed.runtime.keep_in_fp32 import buffers_to_keep_in_fp32, keep_in_fp32_pattern
+
+    # what DeepSpeed's engine keeps in fp32 under bf16 with its default `keep_in_fp32_modules: auto`
+    pattern = keep_in_fp32_pattern(model, "auto", torch.bfloat16)
+    assert [b.data_ptr() for b in buffers_to_keep_in_fp32(model, pattern)] == [model.token_centre.mean.data_ptr()]
+
+
 def test_media_backward_cuts_the_tower_gradient_once_not_per_item(processor, tiny_model):
     """Each item's tiles come from one split of the tower's output: a slice per item would write a zero gradient
     the size of all tiles and add into it, once per item. The features must equal a per-item encode."""
