@@ -38,10 +38,10 @@ class NVILAConfig(PretrainedConfig):
     trained from scratch (`tiny`, `small`). There a picture of flat background is nearly one token repeated (99% of
     a fresh model's token norm is the mean token shared by every picture), training grows that shared part, and
     after the LLM's RMSNorm the part that tells pictures apart is too small to learn from: the `text` task stayed
-    at chance even on 1500 text-only records (README: What the visual tokens carry). "running" subtracts the mean
-    over the training micro-batch's visual tokens in training and a running average of it at inference (the mean
-    half of a BatchNorm): each picture keeps its own mean, and a fixed subtraction folds into the projector's last
-    bias, so such a model exports to the released layout.
+    at chance even on 1500 text-only records (docs/FRONTIER.md: What the visual tokens carry). "running" subtracts
+    the mean over the training micro-batch's visual tokens in training and a running average of it at inference
+    (the mean half of a BatchNorm): each picture keeps its own mean, and a fixed subtraction folds into the
+    projector's last bias, so such a model exports to the released layout.
     """
 
     model_type = "nvila"

@@ -22,8 +22,8 @@ WELL_ABOVE = 0.10         # "Dynamic-S2 well above fixed resize on text reading"
 # steps is a tie. One answer more is 1/135 = 7e-3.
 TIE = 10 * 10.0 ** -METRIC_DECIMALS
 # A comparison is resolved when the claim's boundary lies outside the 95% interval of the paired difference: the test
-# set then decides it, whichever way. Its noise only: a second training seed moves a variant by more (README: The
-# efficient frontier).
+# set then decides it, whichever way. Its noise only: a second training seed moves a variant by more (README: Where
+# it stands).
 VIDEO = "video"  # in COMPARISONS: accuracy over the corpus's video subsets
 
 

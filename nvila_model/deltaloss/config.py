@@ -62,7 +62,7 @@ class BootstrapConfig:
     # Alignment steps before the large proxy's `large_steps`, the LLM frozen, on the image records: the first half
     # trains the projector alone, the second the vision tower with it (the recipe's stages 1-2, scaled down).
     # Trained from scratch on all modules at once, a proxy learns each question's answer prior before it learns to
-    # look, and then finds wrong labels no better than chance (README: The scorers).
+    # look, and then finds wrong labels no better than chance (docs/FRONTIER.md: The scorers).
     large_align_steps: int = Field(default=0, ge=0)
     vision_lr_ratio: float = Field(default=1.0, gt=0, le=1)  # vision tower LR = lr * ratio, in every proxy step
 

@@ -3,7 +3,7 @@ effects need; the standard corpus is unchanged by the knobs that make them.
 
 - text letters are narrower than 2 pixels after a fixed resize of the whole image to one tile, and at least 5 pixels
   wide (text at least 12 pixels high) in Dynamic-S2's largest-scale tiles. That is geometry, not legibility: a
-  small CNN still reads the word from the fixed resize's pixels (bench/text_legibility.py, README);
+  small CNN still reads the word from the fixed resize's pixels (bench/text_legibility.py, docs/FRONTIER.md);
 - a flash lasts fewer frames than the stride of the sparse sampling, so the sparse frames miss most flashes while
   the dense frames see every one, each in its own temporal-averaging group.
 """
