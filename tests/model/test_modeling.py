@@ -159,6 +159,10 @@ def test_running_centring_keeps_its_average_in_fp32_when_the_model_is_bf16(tmp_p
     assert centred.dtype == torch.bfloat16
     assert torch.equal(centred, (raw.float() - average).to(torch.bfloat16))
 
+    with torch.no_grad():  # tokens near 8, where a 0.02 step is below bf16's resolution
+        loaded.projector.layers[-1].bias += 8.0
+        raw = torch.cat(loaded.encode_media(pixel_values, batch[1], centre=False))
+    assert raw.float().mean(0).min() > 4
     loaded.train()
     loaded.token_centre.updates.fill_(500)
     loaded.token_centre.mean.copy_(raw.float().mean(0) - 0.2)  # the batch's mean 0.2 above the average
