@@ -31,28 +31,26 @@ from bench.single_task import subset_corpus, train  # noqa: E402
 from nvila_model.config import CENTERING  # noqa: E402
 
 
-def shared_share(model, batch, centre: bool) -> float:
-    """Norm of the mean visual token over every token of every picture, over the mean token norm."""
+def shared_share(items) -> float:
+    """Norm of the mean visual token over every token of every picture (`items`: each picture's tokens), over the
+    mean token norm."""
     import torch
 
-    with torch.no_grad():
-        tokens_ND = torch.cat(model.encode_media(batch["pixel_values"], batch["media_layout"], centre=centre))
+    tokens_ND = torch.cat(items)
     return float(tokens_ND.mean(0).norm() / tokens_ND.norm(dim=1).mean())
 
 
-def picture_shares(model, batch) -> dict[str, float]:
+def picture_shares(items) -> dict[str, float]:
     """How the tokens the LLM sees split around each picture's own mean token: the spread of those means between
     pictures (`picture_share`: RMS distance of a picture's mean from the mean of the pictures' means) and of the
     tokens within a picture (`within_share`: RMS distance of a token from its picture's mean), each over the mean
     token norm. `item` centring makes the first 0; `running` keeps it."""
     import torch
 
-    with torch.no_grad():
-        items = model.encode_media(batch["pixel_values"], batch["media_layout"])
-        means_ID = torch.stack([t.mean(0) for t in items])
-        norm = torch.cat(items).norm(dim=1).mean()
-        within = torch.cat([t - t.mean(0) for t in items]).pow(2).sum(1).mean().sqrt()
-        between = (means_ID - means_ID.mean(0)).pow(2).sum(1).mean().sqrt()
+    means_ID = torch.stack([t.mean(0) for t in items])
+    norm = torch.cat(items).norm(dim=1).mean()
+    within = torch.cat([t - t.mean(0) for t in items]).pow(2).sum(1).mean().sqrt()
+    between = (means_ID - means_ID.mean(0)).pow(2).sum(1).mean().sqrt()
     return {"picture_share": float(between / norm), "within_share": float(within / norm)}
 
 
@@ -60,10 +58,15 @@ def shares(model, batch) -> dict[str, float]:
     """The shared share of the tokens the LLM sees at inference (a running centring's average, not this batch's
     mean, and not updated), and of what the projector itself outputs (before centring); how the former split
     between and within pictures."""
+    import torch
+
     model.eval()
     try:
-        return {"shared_share": shared_share(model, batch, True),
-                "projector_shared_share": shared_share(model, batch, False)} | picture_shares(model, batch)
+        with torch.no_grad():
+            seen, projected = (model.encode_media(batch["pixel_values"], batch["media_layout"], centre=centre)
+                               for centre in (True, False))
+        return ({"shared_share": shared_share(seen), "projector_shared_share": shared_share(projected)}
+                | picture_shares(seen))
     finally:
         model.train()
 

@@ -72,13 +72,14 @@ class RunningCentre(nn.Module):
 
     def forward(self, tokens_ND: torch.Tensor) -> torch.Tensor:
         # in fp32, then back to the tokens' dtype: the average is not rounded to bf16 before it is subtracted
+        tokens32_ND = tokens_ND.float()
         if not self.training:
-            return (tokens_ND.float() - self.mean).to(tokens_ND.dtype)
-        batch_D = tokens_ND.float().mean(0)
+            return (tokens32_ND - self.mean).to(tokens_ND.dtype)
+        batch_D = tokens32_ND.mean(0)
         with torch.no_grad():
             self.updates += 1
-            self.mean.lerp_(batch_D.detach(), torch.clamp(1.0 / self.updates, min=self.MOMENTUM).float())
-        return (tokens_ND.float() - batch_D).to(tokens_ND.dtype)
+            self.mean.lerp_(batch_D.detach(), torch.clamp(1.0 / self.updates, min=self.MOMENTUM))
+        return (tokens32_ND - batch_D).to(tokens_ND.dtype)
 
 
 class NVILAPreTrainedModel(PreTrainedModel):
