@@ -58,6 +58,11 @@ MARKER_ENV = "NVILA_STAGE_MARKER"  # the stage command touches this file when it
 TRANSIENT_EXIT = 75  # EX_TEMPFAIL: the stage command met an I/O error worth a retry
 SMALL_OUTPUTS = (".json", ".png", ".md", ".csv", ".txt", ".yaml")
 STOP_GRACE_S = 10.0
+# DVC's advice after it records a stage: stage dvc.lock in git, turn on autostage, `dvc push`. A run does that itself
+# after its last stage (it saves the workspace as a DVC experiment, and pushes the outputs where a remote is set), so
+# in a run's log the advice is wrong, and it took five of every stage's lines. A failure still reports every line.
+_DVC_ADVICE = re.compile(r"To track the changes with git, run:|git add |To enable auto staging, run:"
+                         r"|dvc config core\.autostage true|Use `dvc push` to send your updates")
 # The stage commands running (each with its workspace's root), for the scheduler to stop on an interrupt, and those
 # it stopped: their tasks end as interrupted, not failed.
 _LIVE: dict[subprocess.Popen, str] = {}
@@ -125,7 +130,8 @@ def run_dvc(stage: str, ws: Workspace, env: dict[str, str]) -> None:
             line = line.rstrip()
             if line:
                 lines.append(line)
-                logger.info("%s", line)
+                if not _DVC_ADVICE.match(line.lstrip()):
+                    logger.info("%s", line)
         proc.wait()
     except BaseException:
         stop_process_group(proc)
