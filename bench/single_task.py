@@ -55,16 +55,11 @@ def add_knob_option(parser: argparse.ArgumentParser, subset: str) -> None:
                         help=f"a generator knob of the {subset} subset (SubsetConfig), the value as YAML; repeatable")
 
 
-def _knob_pairs(items: Iterable[str]) -> Iterable[tuple[str, Any]]:
-    """(key, YAML value) of each `--knob KEY=VALUE`; a malformed one is a ValueError naming it."""
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--knob {item!r}: expected KEY=VALUE")
-        try:
-            yield key, yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"--knob {item!r}: {str(exc).splitlines()[0]}") from None
+def _knobs(items: Iterable[str]) -> dict[str, Any]:
+    """Each `--knob KEY=VALUE` as {key: YAML value}, read as `--set` is; a malformed one is a ValueError naming it."""
+    from flows.config import parse_overrides
+
+    return parse_overrides(items, option="--knob", example="min_side=300")
 
 
 def knobs_of(parser: argparse.ArgumentParser, args: argparse.Namespace, subset: str) -> dict[str, dict[str, Any]]:
@@ -75,7 +70,7 @@ def knobs_of(parser: argparse.ArgumentParser, args: argparse.Namespace, subset: 
     from nvila_model.data.config import GenerateConfig
 
     try:
-        knobs = dict(_knob_pairs(args.knob))
+        knobs = _knobs(args.knob)
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -92,7 +87,7 @@ def result_name(prefix: str, parser: argparse.ArgumentParser, args: argparse.Nam
     other settings does not overwrite the default run's figures."""
     named = [(key, value) for key, value in vars(args).items() if key != "knob" and value != parser.get_default(key)]
     named += [(key, ",".join(map(str, value)) if isinstance(value, list) else value)
-              for key, value in _knob_pairs(getattr(args, "knob", []))]
+              for key, value in _knobs(getattr(args, "knob", [])).items()]
     return prefix + "".join(f"_{key}{str(value).replace(',', '-')}" for key, value in named)
 
 

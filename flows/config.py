@@ -4,6 +4,7 @@ the check of a whole params file before a run starts."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
@@ -161,11 +162,11 @@ def run_overrides(values: dict[str, Any], overrides: dict[str, Any] | None) -> d
     return out
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+def parse_overrides(items: Iterable[str], option: str = "--set", example: str = "image_sft.epochs=5") -> dict[str, Any]:
     """`["image_sft.epochs=5", "score.ray.num_actors=0"]` -> `{"image_sft.epochs": 5, "score.ray.num_actors": 0}`.
 
     Values are YAML (`5`, `0.5`, `true`, `[a, b]`, `{r: 8}`), as in params.yaml; a field holding a mapping is
-    replaced whole.
+    replaced whole. A malformed item is a ValueError naming `option` and the item.
     """
     import yaml
 
@@ -174,9 +175,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         target, sep, value = item.partition("=")
         target = target.strip()
         if not sep or not target or any(not part for part in target.split(".")):
-            raise ValueError(f"--set {item!r}: expected KEY[.FIELD...]=VALUE, e.g. image_sft.epochs=5")
+            raise ValueError(f"{option} {item!r}: expected KEY[.FIELD...]=VALUE, e.g. {example}")
         try:
             out[target] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
+            raise ValueError(f"{option} {item!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
     return out

@@ -102,7 +102,8 @@ def test_a_knob_reaches_the_corpus_and_the_results_name_and_a_bad_one_is_one_lin
     assert result_name("bench", parser, args) == "bench_wordsace-aec_min_side300_max_side330"
     assert knobs_of(parser, parser.parse_args([]), "text") == {}
     for knob, says in (("max_side=100", "subsets.text: need 16 <= min_side <= max_side"),  # below the frontier's min
-                       ("glyph_px=[3", "--knob 'glyph_px=[3': while parsing"), ("words", "expected KEY=VALUE"),
+                       ("glyph_px=[3", "--knob 'glyph_px=[3': the value is not valid YAML"),
+                       ("words", "--knob 'words': expected KEY[.FIELD...]=VALUE, e.g. min_side=300"),
                        ("colour=red", "subsets.text.colour: unknown key")):
         with pytest.raises(SystemExit):
             knobs_of(parser, parser.parse_args(["--knob", knob]), "text")
