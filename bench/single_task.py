@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def params() -> dict[str, Any]:
-    return yaml.safe_load(PARAMS.read_text())
+    from nvila_model.params import read_params
+
+    return read_params(PARAMS)
 
 
 def arg_parser(doc: str, arms: Iterable[str], tasks: Iterable[str], train: int, test: int,

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import print_table, write_results  # noqa: E402
+from nvila_model.params import read_params  # noqa: E402
 from tasks.warm import PRELOAD, serving  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     nvila = str(Path(sys.executable).parent / "nvila")
     with tempfile.TemporaryDirectory(prefix="nvila-launch-") as tmp:
         project = Path(tmp)
-        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params = read_params(ROOT / "params.yaml")
         params["generate"]["scale"] = args.scale
         (project / "params.yaml").write_text(yaml.safe_dump(params))
         env = {**os.environ, "NVILA_PROJECT_DIR": str(project), "PYTHONPATH": str(ROOT)}
